@@ -16,7 +16,7 @@ from lmforge import __version__
 from lmforge.errors import UserError
 
 # Modules with a `register(subparsers)` function, in the order their commands are listed.
-COMMAND_MODULES = ("lmforge.commands",)
+COMMAND_MODULES = ("lmforge.commands", "lmforge.data.cli")
 
 Handler = Callable[[argparse.Namespace, list[str]], int]
 

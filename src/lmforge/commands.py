@@ -17,7 +17,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("-c", "--config", required=True, help="run config (YAML)")
     run.add_argument("--resume", action="store_true", help="continue interrupted stages")
     run.add_argument(
-        "--force", action="append", default=[], metavar="STAGE", help="redo STAGE even if up to date"
+        "--force",
+        action="append",
+        default=[],
+        metavar="STAGE",
+        help="redo STAGE even if up to date",
     )
     run.add_argument("--until", metavar="STAGE", help="stop after STAGE")
     run.set_defaults(handler=_run, accepts_overrides=True)

@@ -39,7 +39,7 @@ def open_binary(path: str | Path) -> IO[bytes]:
         raw = open(path, "rb")  # noqa: SIM115 - closed by the returned reader
         reader = zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)
         return io.BufferedReader(reader)
-    return open(path, "rb")  # noqa: SIM115 - the caller closes it
+    return open(path, "rb")
 
 
 def fsync_dir(path: Path) -> None:

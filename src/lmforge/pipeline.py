@@ -54,8 +54,12 @@ class Stage:
     run: Callable[[StageContext], dict[str, Any]]
     describe: str = ""
     excluded: tuple[str, ...] = ()  # top-level names under out_dir not listed in the manifest
+    # What the result depends on, when not simply `sections` (e.g. raw input files' sizes).
+    config_fn: Callable[[Config], dict[str, Any]] | None = None
 
     def config_of(self, cfg: Config) -> dict[str, Any]:
+        if self.config_fn is not None:
+            return self.config_fn(cfg)
         dumped = cfg.model_dump(mode="json")
         return {section: dumped[section] for section in self.sections}
 
@@ -86,7 +90,9 @@ def list_files(out_dir: Path, excluded: tuple[str, ...]) -> list[dict[str, Any]]
             continue
         if any(part.startswith(".") for part in rel.parts):
             continue
-        files.append({"path": rel.as_posix(), "sha256": sha256_file(path), "bytes": path.stat().st_size})
+        files.append(
+            {"path": rel.as_posix(), "sha256": sha256_file(path), "bytes": path.stat().st_size}
+        )
     return files
 
 
@@ -198,7 +204,9 @@ def run_pipeline(
                 options=dict(options or {}),
             )
             manifest = execute(stage, ctx, upstream)
-            console.print(f"[bold]{stage.name}[/]: done in {manifest['wall_time_s']:.1f}s -> {out_dir}")
+            console.print(
+                f"[bold]{stage.name}[/]: done in {manifest['wall_time_s']:.1f}s -> {out_dir}"
+            )
             manifests[stage.name] = manifest
         if stage.name == until:
             break

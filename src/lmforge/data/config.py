@@ -24,8 +24,9 @@ class SourceConfig(Section):
     text_field: str = Field("text", description="JSONL/Parquet field holding the text")
     id_field: str = Field("id", description="field kept as the document id when present")
     separator: str | None = Field(
-        None, description="plain text: split each file on this line (e.g. '\\n\\n'); "
-        "None = one document per file"
+        None,
+        description="plain text: split each file on this line (e.g. '\\n\\n'); "
+        "None = one document per file",
     )
 
 
@@ -43,6 +44,12 @@ class LengthConfig(Section):
     min: int | None = Field(50, ge=0)
     max: int | None = Field(2048, ge=1)
 
+    @model_validator(mode="after")
+    def _min_below_max(self) -> LengthConfig:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is larger than max ({self.max})")
+        return self
+
 
 class NoiseConfig(Section):
     max_replacement_ratio: float = Field(0.01, ge=0, le=1, description="U+FFFD / chars")
@@ -51,7 +58,9 @@ class NoiseConfig(Section):
         40, ge=1, description="drop if a run of punctuation/symbols is longer"
     )
     max_nonprintable_ratio: float = Field(0.01, ge=0, le=1)
-    drop_patterns: list[str] = Field(default_factory=list, description="user regexes: drop on match")
+    drop_patterns: list[str] = Field(
+        default_factory=list, description="user regexes: drop on match"
+    )
 
 
 class GopherQualityConfig(Section):
@@ -67,6 +76,9 @@ class GopherQualityConfig(Section):
     max_ellipsis_lines_ratio: float = 0.3
     min_alpha_words_ratio: float = 0.8
     min_stop_words: int = 2
+    stop_words: list[str] | None = Field(
+        None, description="words for min_stop_words; None = Gopher's English 8 + Chinese/Japanese"
+    )
 
 
 class GopherRepetitionConfig(Section):
@@ -97,6 +109,7 @@ class C4Config(Section):
     drop_lorem_ipsum: bool = True
     drop_curly_brace: bool = True
     max_word_length: int = 1000
+    remove_citations: bool = Field(True, description="cut [1], [edit], [citation needed]")
 
 
 class QualityConfig(Section):
@@ -112,6 +125,10 @@ class LanguageConfig(Section):
     min_confidence: float = Field(0.5, ge=0, le=1)
     candidates: list[str] | None = Field(
         None, description="languages the detector chooses among; None = a built-in common set"
+    )
+    max_chars: int = Field(1000, ge=1, description="detect on this many leading characters")
+    high_accuracy: bool = Field(
+        False, description="lingua high-accuracy mode: better under ~120 chars, ~350 MB RSS more"
     )
 
 

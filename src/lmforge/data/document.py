@@ -41,5 +41,7 @@ class Drop:
     duplicate_of: str | None = None
 
     @classmethod
-    def of(cls, doc: Doc, step: str, reason: str, detail: str = "", duplicate_of: str | None = None) -> Drop:
+    def of(
+        cls, doc: Doc, step: str, reason: str, detail: str = "", duplicate_of: str | None = None
+    ) -> Drop:
         return cls(doc.id, doc.text, doc.source, doc.location, step, reason, detail, duplicate_of)

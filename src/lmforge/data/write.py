@@ -1,0 +1,101 @@
+"""Phase 3 of `data prepare`, one shard per task: apply the global decisions and write the
+shard's documents to train/val/test and everything dropped to quarantine."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from lmforge.data import executor, layout
+from lmforge.data.readers import Shard
+from lmforge.data.stats import Stats
+from lmforge.io import atomic_write_json, read_json
+
+
+@dataclass(frozen=True)
+class WriteTask:
+    shard: Shard
+    out_dir: Path
+    work: Path
+    decisions: dict[str, Any]
+    fingerprint: str
+
+
+def write_shard(task: WriteTask) -> dict[str, Any]:
+    shard, work, out = task.shard, task.work, task.out_dir
+    marker = layout.work_file(work, "written", shard.index, ".json")
+    try:
+        done = read_json(marker)
+        if done.get("fingerprint") == task.fingerprint:
+            executor.report(0, shard.size)
+            return done["stats"]
+    except (OSError, ValueError):
+        pass
+    name = layout.part_name(shard.index)
+    splits = {s: layout.PartWriter(out / s / name, layout.OUTPUT_SCHEMA) for s in layout.SPLITS}
+    quarantine = layout.PartWriter(out / layout.QUARANTINE / name, layout.QUARANTINE_SCHEMA)
+    stats = Stats()
+    dropped_path = layout.work_file(work, "dropped", shard.index, ".parquet")
+    if dropped_path.is_file():
+        for batch in pq.ParquetFile(dropped_path).iter_batches(batch_size=2048):
+            for row in batch.to_pylist():
+                quarantine.add(row)
+    docs_path = layout.work_file(work, "docs", shard.index, ".parquet")
+    if docs_path.is_file():
+        _route(docs_path, task.decisions, splits, quarantine, stats, shard.source)
+    for writer in (*splits.values(), quarantine):
+        writer.close()
+    result = stats.to_json()
+    atomic_write_json(marker, {"fingerprint": task.fingerprint, "stats": result})
+    executor.report(0, shard.size)
+    return result
+
+
+def _route(
+    docs_path: Path,
+    decisions: dict[str, Any],
+    splits: dict[str, layout.PartWriter],
+    quarantine: layout.PartWriter,
+    stats: Stats,
+    source: str,
+) -> None:
+    split, drops, cuts = decisions["split"], decisions["drops"], decisions["cuts"]
+    out_counts: Counter[str] = Counter()
+    row = 0
+    for batch in pq.ParquetFile(docs_path).iter_batches(batch_size=2048):
+        for record in batch.to_pylist():
+            record.pop("chars")
+            if row in drops:
+                step, reason, detail, dup = drops[row]
+                quarantine.add(
+                    {
+                        "id": record["id"],
+                        "text": record["text"],
+                        "source": record["source"],
+                        "location": record["location"],
+                        "step": step,
+                        "reason": reason,
+                        "detail": detail,
+                        "duplicate_of": dup,
+                    }
+                )
+            else:
+                pieces = cuts.get(row) or [(int(split[row]), 0, len(record["text"]))]
+                for code, start, end in pieces:
+                    name = layout.SPLITS[code]
+                    piece = dict(record)
+                    if len(pieces) > 1:
+                        piece["id"] = f"{record['id']}#{name}"
+                        piece["text"] = record["text"][start:end]
+                    splits[name].add(piece)
+                    out_counts[name] += 1
+                    stats.add_length(name, len(piece["text"]))
+                    stats.count("chars_out", name, len(piece["text"]))
+                    stats.count("docs_out", f"{name}/{source}", 1)
+            row += 1
+    for name, n in out_counts.items():
+        stats.count("docs_out", name, n)
