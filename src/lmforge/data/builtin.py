@@ -95,24 +95,36 @@ def topic_docs() -> Iterator[Doc]:
 
 
 def module_docs(names: list[str]) -> Iterator[Doc]:
-    """Documents of the given modules, in order."""
+    """Documents of the given modules, in order.
+
+    Every listed stdlib module is imported first: importing a submodule can rebind a
+    package attribute (curses.has_key), so the documents must not depend on which modules
+    this process happened to import before.
+    """
+    modules = {name: _quiet_import(name) for name in module_names()}
     for name in names:
-        module = _quiet_import(name)
-        if module is None:
+        module = modules.get(name) or _quiet_import(name)
+        if module is not None:
+            with warnings.catch_warnings():  # touching deprecated aliases (typing.re) warns
+                warnings.simplefilter("ignore")
+                docs = list(_docs_of(name, module))
+            yield from docs
+
+
+def _docs_of(name: str, module: ModuleType) -> Iterator[Doc]:
+    doc = inspect.getdoc(module)
+    if doc and len(doc) >= MIN_DOC_CHARS:
+        yield _doc(name, f"Module {name}\n\n{doc}", kind="module", module=name)
+    for attr in sorted(vars(module)):
+        obj = getattr(module, attr, None)
+        if attr.startswith("_") or not (inspect.isclass(obj) or inspect.isroutine(obj)):
             continue
-        doc = inspect.getdoc(module)
-        if doc and len(doc) >= MIN_DOC_CHARS:
-            yield _doc(name, f"Module {name}\n\n{doc}", kind="module", module=name)
-        for attr in sorted(vars(module)):
-            obj = getattr(module, attr, None)
-            if attr.startswith("_") or not (inspect.isclass(obj) or inspect.isroutine(obj)):
-                continue
-            if not _defined_in_stdlib(obj):
-                continue
-            text = _render_class(attr, obj) if inspect.isclass(obj) else _render_routine(attr, obj)
-            if text and len(text) >= MIN_DOC_CHARS:
-                kind = "class" if inspect.isclass(obj) else "function"
-                yield _doc(f"{name}.{attr}", text, kind=kind, module=name)
+        if not _defined_in_stdlib(obj):
+            continue
+        text = _render_class(attr, obj) if inspect.isclass(obj) else _render_routine(attr, obj)
+        if text and len(text) >= MIN_DOC_CHARS:
+            kind = "class" if inspect.isclass(obj) else "function"
+            yield _doc(f"{name}.{attr}", text, kind=kind, module=name)
 
 
 def _defined_in_stdlib(obj: object) -> bool:

@@ -9,6 +9,7 @@ memory stays flat however large the input.
 from __future__ import annotations
 
 import glob
+import itertools
 import json
 import os
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from lmforge.io import compression_of, open_binary
 
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_SHARDS = 4
+BUILTIN_SHARD_BYTES = 1_000_000  # an estimate, for the progress bar
 SHOWN_CHARS = 2000  # how much of a rejected raw line the quarantine keeps
 SNIFF_BYTES = 8192
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
@@ -133,7 +135,14 @@ def plan_shards(sources: list[SourceConfig], shard_mb: float) -> list[Shard]:
                 )
             for k in range(BUILTIN_SHARDS):
                 shards.append(
-                    Shard(len(shards), path=source.path, format="builtin", start=k, **common)
+                    Shard(
+                        len(shards),
+                        path=source.path,
+                        format="builtin",
+                        start=k,
+                        size=BUILTIN_SHARD_BYTES,
+                        **common,
+                    )
                 )
             continue
         files, root = expand(source, where)
@@ -302,10 +311,10 @@ class ShardReader:
         k = self.shard.start
         names = builtin.module_names()
         per = -(-len(names) // BUILTIN_SHARDS)
-        if k == 0:
-            yield from builtin.topic_docs()
-        for doc in builtin.module_docs(names[k * per : (k + 1) * per]):
+        docs = builtin.module_docs(names[k * per : (k + 1) * per])
+        for doc in itertools.chain(builtin.topic_docs() if k == 0 else (), docs):
             doc.weight = self.shard.weight
+            self.bytes_done = min(self.bytes_done + len(doc.text), self.shard.size)
             yield doc
 
     def _file(self, fmt: str) -> Iterator[Doc | Drop]:

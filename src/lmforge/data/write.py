@@ -51,7 +51,7 @@ def write_shard(task: WriteTask) -> dict[str, Any]:
         writer.close()
     result = stats.to_json()
     atomic_write_json(marker, {"fingerprint": task.fingerprint, "stats": result})
-    executor.report(0, shard.size)
+    executor.report(sum(w.count for w in splits.values()) + quarantine.count, shard.size)
     return result
 
 
@@ -96,6 +96,7 @@ def _route(
                     stats.add_length(name, len(piece["text"]))
                     stats.count("chars_out", name, len(piece["text"]))
                     stats.count("docs_out", f"{name}/{source}", 1)
+                    stats.count("language", piece["language"] or "unknown", 1)
             row += 1
     for name, n in out_counts.items():
         stats.count("docs_out", name, n)
