@@ -91,18 +91,25 @@ class Decisions:
     cuts: dict[int, list[tuple[int, int, int]]]  # row -> [(split code, start, end)]
     stats: Stats
     summary: dict[str, Any]
+    _sorted: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
 
     def for_shard(self, k: int) -> dict[str, Any]:
         """What the writer of shard k needs, with duplicate_of resolved to ids."""
         lo, hi = int(self.table.offsets[k]), int(self.table.offsets[k + 1])
         ids = self.table.ids
-        drops = {
-            row - lo: (step, reason, detail, None if dup < 0 else str(ids[dup]))
-            for row, (step, reason, detail, dup) in self.table.drops.items()
-            if lo <= row < hi
-        }
-        cuts = {row - lo: pieces for row, pieces in self.cuts.items() if lo <= row < hi}
+        drops = {}
+        for row in self._rows_between(self.table.drops, lo, hi):
+            step, reason, detail, dup = self.table.drops[row]
+            drops[row - lo] = (step, reason, detail, None if dup < 0 else str(ids[dup]))
+        cuts = {row - lo: self.cuts[row] for row in self._rows_between(self.cuts, lo, hi)}
         return {"split": self.split[lo:hi].copy(), "drops": drops, "cuts": cuts}
+
+    def _rows_between(self, rows_by: dict[int, Any], lo: int, hi: int) -> list[int]:
+        key = id(rows_by)
+        if key not in self._sorted:
+            self._sorted[key] = np.array(sorted(rows_by), dtype=np.int64)
+        rows = self._sorted[key]
+        return rows[np.searchsorted(rows, lo) : np.searchsorted(rows, hi)].tolist()
 
 
 def load_table(cfg: DataConfig, shards: list[Shard], work: Path, counts: list[int]) -> Table:

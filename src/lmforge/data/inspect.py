@@ -3,7 +3,6 @@ duplicate) and `data diff` (what changed between two versions)."""
 
 from __future__ import annotations
 
-import difflib
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from lmforge.data import layout
+from lmforge.data.dedup.shingles import jaccard
 from lmforge.errors import UserError
 from lmforge.io import read_json
 
@@ -88,9 +88,9 @@ def show(out_dir: Path, reason: str | None, limit: int) -> Group:
         if row["duplicate_of"]:
             kept = find_text(out_dir, row["duplicate_of"])
             kept_text = kept[1] if kept else "(not found)"
-            ratio = difflib.SequenceMatcher(None, row["text"][:5000], kept_text[:5000]).ratio()
             where = kept[0] if kept else "?"
-            table.add_column(f"kept: {row['duplicate_of']} (in {where}, similarity {ratio:.2f})")
+            similarity = jaccard(row["text"], kept_text)
+            table.add_column(f"kept: {row['duplicate_of']} (in {where}, Jaccard {similarity:.2f})")
             table.add_row(_clip(row["text"]), _clip(kept_text))
         else:
             table.add_row(_clip(row["text"]))

@@ -177,3 +177,16 @@ def _window_hashes(tokens: np.ndarray, counts: np.ndarray, n: int) -> tuple[np.n
     windows = padded - n + 1
     combined = mix64(combined[_segment_positions(padded_starts, windows)])
     return combined >> np.uint64(32), windows
+
+
+def word_ngrams(text: str, n: int = 5) -> set[tuple[str, ...]]:
+    """The word n-grams of the simplified text, as a set (for exact evaluation)."""
+    words = simplify(text).split()
+    return {tuple(words[i : i + n]) for i in range(max(1, len(words) - n + 1))}
+
+
+def jaccard(a: str, b: str, n: int = 5) -> float:
+    """True Jaccard similarity of two texts' word n-gram sets (for reports and evaluation;
+    dedup itself estimates it from signatures)."""
+    x, y = word_ngrams(a, n), word_ngrams(b, n)
+    return len(x & y) / max(1, len(x | y))

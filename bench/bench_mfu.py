@@ -1,0 +1,88 @@
+"""Benchmark 3: model FLOPs utilization of a ~25M-parameter preset on this CPU.
+
+The peer is the machine itself: the best sustained throughput of one large square matmul
+(4096^3) in the same dtype, measured in this process right before the training steps.
+MFU = tokens/s x training FLOPs per token (6N + attention, PaLM convention) / that peak.
+
+    python bench/bench_mfu.py [--steps 6] [--batch 4] [--block 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lmforge.config import validate_config
+from lmforge.io import atomic_write_json
+from lmforge.model.config import count_params, flops_per_token
+from lmforge.tokenizer.format import META, bin_path, idx_path, make_meta, split_record
+from lmforge.train.mfu import measure_matmul_tflops
+from lmforge.train.trainer import Trainer
+
+WORK = Path(__file__).parent / "_work" / "mfu"
+VOCAB = 8192
+
+
+def token_dir() -> Path:
+    out = WORK / "tokens"
+    if (out / META).is_file():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    splits = {}
+    for split, n in (("train", 1_000_000), ("val", 50_000)):
+        rng.integers(0, VOCAB, n, dtype=np.uint16).tofile(bin_path(out, split))
+        np.array([0, n], dtype="<u8").tofile(idx_path(out, split))
+        splits[split] = split_record(out, split, "uint16", n * 4)
+    atomic_write_json(out / META, make_meta(VOCAB, {"eos": 0}, "0" * 64, splits))
+    return out
+
+
+def trainer(precision: str, batch: int, block: int) -> Trainer:
+    raw = {"run": {"dir": str(WORK / "run")}, "model": {"preset": "25m"}, "train": {
+        "batch_size": batch, "block_size": block, "max_steps": 10**6, "warmup_steps": 10,
+        "precision": precision, "tensorboard": False, "peak_tflops": 1.0}}
+    return Trainer(validate_config(raw), WORK / f"out-{precision}", token_dir())
+
+
+def tokens_per_s(t: Trainer, steps: int, rounds: int = 3) -> float:
+    t.train_step()
+    rates = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(steps):
+            t.train_step()
+        rates.append(steps * t.tcfg.tokens_per_step / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--block", type=int, default=256)
+    args = parser.parse_args()
+    for precision, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        peak = measure_matmul_tflops(dtype, size=4096, seconds=3.0) * 1e12
+        t = trainer(precision, args.batch, args.block)
+        rate = tokens_per_s(t, args.steps)
+        fpt = flops_per_token(t.model_cfg, args.block)
+        achieved = rate * fpt
+        if precision == "bf16":
+            print(f"# preset 25m: {count_params(t.model_cfg)['total'] / 1e6:.1f}M parameters, "
+                  f"{fpt / 1e6:.0f} MFLOPs/token at context {args.block}, batch {args.batch}, "
+                  f"{torch.get_num_threads()} threads")
+        print(f"mfu_{precision}: ours={achieved / 1e9:.1f} GFLOP/s ({rate:.0f} tok/s) "
+              f"peer={peak / 1e9:.1f} GFLOP/s (4096^3 matmul peak) ratio={achieved / peak:.3f}")
+        t.loader.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
