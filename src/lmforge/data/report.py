@@ -54,6 +54,20 @@ def output_table(stats: dict[str, Any]) -> Table:
     return table
 
 
+def length_table(stats: dict[str, Any]) -> Table:
+    table = Table(title="document lengths (characters)", title_justify="left")
+    table.add_column("length")
+    series = [("input", "input")] + [(s, s) for s in SPLITS]
+    for _, label in series:
+        table.add_column(label, justify="right")
+    lengths = stats["lengths"]
+    for i, label in enumerate(_bin_labels()):
+        counts = [lengths.get(key, [0] * len(LENGTH_EDGES))[i] for key, _ in series]
+        if any(counts):
+            table.add_row(label, *(f"{c:,}" for c in counts))
+    return table
+
+
 def print_funnel(stats: dict[str, Any], console: Console | None = None) -> None:
     console = console or Console(stderr=False, highlight=False)
     console.print(funnel_table(stats))
@@ -66,8 +80,15 @@ def print_funnel(stats: dict[str, Any], console: Console | None = None) -> None:
         f"duplicates removed: exact {dedup['exact_removed']:,}, near {dedup['near_removed']:,}, "
         f"split leaks {dedup['split_leaks_removed']:,}; quarantined {stats['quarantined']:,} in all"
     )
+    sizes = stats["summary"].get("near_dedup", {}).get("cluster_sizes", {})
+    if sizes:
+        console.print(
+            "near-duplicate clusters by size: "
+            + ", ".join(f"{size} docs: {n:,}" for size, n in sizes.items())
+        )
     if stats.get("pii"):
         console.print("PII redacted: " + ", ".join(f"{k} {v:,}" for k, v in stats["pii"].items()))
+    console.print(length_table(stats))
     for note in stats.get("notes", []):
         console.print(f"note: {note}")
 
