@@ -1,0 +1,54 @@
+"""The tokenizer and tokenize stages as `lmforge run` steps."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lmforge.config import Config
+from lmforge.io import sha256_file
+from lmforge.pipeline import Stage, StageContext
+from lmforge.tokenizer.encode import WORK, tokenize
+from lmforge.tokenizer.train import tokenizer_file, train_and_save
+
+
+def _tokenizer_depends_on(cfg: Config) -> dict[str, Any]:
+    """The section, plus the content of an adopted tokenizer file (edits to it count)."""
+    section = cfg.tokenizer.model_dump(mode="json")
+    if cfg.tokenizer.path is not None and cfg.tokenizer.path.exists():
+        section["path_sha256"] = sha256_file(tokenizer_file(cfg.tokenizer.path))
+    return {"tokenizer": section}
+
+
+def _tokenize_depends_on(cfg: Config) -> dict[str, Any]:
+    """The section without `workers`: the output is byte-identical for any worker count."""
+    return {"tokenize": cfg.tokenize.model_dump(mode="json", exclude={"workers"})}
+
+
+def _run_tokenizer(ctx: StageContext) -> dict[str, Any]:
+    return train_and_save(ctx.cfg.tokenizer, ctx.inputs.get("data"), ctx.out_dir)
+
+
+def _run_tokenize(ctx: StageContext) -> dict[str, Any]:
+    return tokenize(
+        ctx.inputs["data"], ctx.inputs["tokenizer"], ctx.out_dir, ctx.cfg.tokenize, ctx.resume
+    )
+
+
+TOKENIZER = Stage(
+    name="tokenizer",
+    inputs=("data",),
+    sections=("tokenizer",),
+    run=_run_tokenizer,
+    describe="train a byte-level BPE (or char) tokenizer on the train split, or adopt one",
+    config_fn=_tokenizer_depends_on,
+)
+
+TOKENIZE = Stage(
+    name="tokenize",
+    inputs=("data", "tokenizer"),
+    sections=("tokenize",),
+    run=_run_tokenize,
+    describe="encode every split into uint16/uint32 token shards with a document index",
+    excluded=(WORK,),
+    config_fn=_tokenize_depends_on,
+)
