@@ -111,8 +111,9 @@ class C4Config(Section):
     max_word_length: int = 1000
     remove_citations: bool = Field(True, description="cut [1], [edit], [citation needed]")
     unit: Literal["line", "paragraph"] = Field(
-        "line", description="what the line rules judge: each line (web text, as C4) or each "
-        "blank-line-separated paragraph (hard-wrapped text: books, docs, mail)"
+        "line",
+        description="what the line rules judge: each line (web text, as C4) or each "
+        "blank-line-separated paragraph (hard-wrapped text: books, docs, mail)",
     )
 
 

@@ -9,6 +9,7 @@ redoes only unfinished shards, and the output does not depend on the number of w
 
 from __future__ import annotations
 
+import gc
 import shutil
 import sys
 from pathlib import Path
@@ -121,19 +122,20 @@ def prepare(cfg: DataConfig, out_dir: Path, resume: bool = False) -> dict[str, A
     counts = [read_json(layout.work_file(work, "done", s.index, ".json"))["docs"] for s in shards]
 
     console.print("data: global dedup and split")
-    decisions = decide(cfg, shards, work, counts)
+    global_stats, summary = decide(cfg, shards, work, counts)
+    gc.collect()  # phase 2's tables are gone: the writers fork from a lean process
 
-    writes = [WriteTask(s, out_dir, work, decisions.for_shard(k), fp) for k, s in enumerate(shards)]
+    writes = [WriteTask(s, out_dir, work, fp) for s in shards]
     with byte_progress("write", total) as update:
         write_stats = pool.map(write_shard, writes, update)
 
     stats = Stats()
     for part in shard_stats:
         stats.merge(Stats.from_json(part))
-    stats.merge(decisions.stats)
+    stats.merge(global_stats)
     for part in write_stats:
         stats.merge(Stats.from_json(part))
-    result = summarize(stats, decisions.summary, cfg, shards, total)
+    result = summarize(stats, summary, cfg, shards, total)
     atomic_write_json(out_dir / "stats.json", result)
     from lmforge.data.report import print_funnel, write_report
 

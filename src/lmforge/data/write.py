@@ -3,6 +3,7 @@ shard's documents to train/val/test and everything dropped to quarantine."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from lmforge.data import executor, layout
+from lmforge.data.decide import decision_file
 from lmforge.data.readers import Shard
 from lmforge.data.stats import Stats
 from lmforge.io import atomic_write_json, read_json
@@ -21,7 +23,6 @@ class WriteTask:
     shard: Shard
     out_dir: Path
     work: Path
-    decisions: dict[str, Any]
     fingerprint: str
 
 
@@ -46,7 +47,8 @@ def write_shard(task: WriteTask) -> dict[str, Any]:
                 quarantine.add(row)
     docs_path = layout.work_file(work, "docs", shard.index, ".parquet")
     if docs_path.is_file():
-        _route(docs_path, task.decisions, splits, quarantine, stats, shard.source)
+        decisions = pq.read_table(decision_file(work, shard.index)).to_pylist()
+        _route(docs_path, decisions, splits, quarantine, stats, shard.source)
     for writer in (*splits.values(), quarantine):
         writer.close()
     result = stats.to_json()
@@ -57,46 +59,47 @@ def write_shard(task: WriteTask) -> dict[str, Any]:
 
 def _route(
     docs_path: Path,
-    decisions: dict[str, Any],
+    decisions: list[dict[str, Any]],
     splits: dict[str, layout.PartWriter],
     quarantine: layout.PartWriter,
     stats: Stats,
     source: str,
 ) -> None:
-    split, drops, cuts = decisions["split"], decisions["drops"], decisions["cuts"]
     out_counts: Counter[str] = Counter()
-    row = 0
-    for batch in pq.ParquetFile(docs_path).iter_batches(batch_size=2048):
-        for record in batch.to_pylist():
-            record.pop("chars")
-            if row in drops:
-                step, reason, detail, dup = drops[row]
-                quarantine.add(
-                    {
-                        "id": record["id"],
-                        "text": record["text"],
-                        "source": record["source"],
-                        "location": record["location"],
-                        "step": step,
-                        "reason": reason,
-                        "detail": detail,
-                        "duplicate_of": dup,
-                    }
-                )
-            else:
-                pieces = cuts.get(row) or [(int(split[row]), 0, len(record["text"]))]
-                for code, start, end in pieces:
-                    name = layout.SPLITS[code]
-                    piece = dict(record)
-                    if len(pieces) > 1:
-                        piece["id"] = f"{record['id']}#{name}"
-                        piece["text"] = record["text"][start:end]
-                    splits[name].add(piece)
-                    out_counts[name] += 1
-                    stats.add_length(name, len(piece["text"]))
-                    stats.count("chars_out", name, len(piece["text"]))
-                    stats.count("docs_out", f"{name}/{source}", 1)
-                    stats.count("language", piece["language"] or "unknown", 1)
-            row += 1
+    rows = (
+        row
+        for batch in pq.ParquetFile(docs_path).iter_batches(batch_size=2048)
+        for row in batch.to_pylist()
+    )
+    for record, decision in zip(rows, decisions, strict=True):
+        record.pop("chars")
+        if decision["step"] is not None:
+            quarantine.add(
+                {
+                    "id": record["id"],
+                    "text": record["text"],
+                    "source": record["source"],
+                    "location": record["location"],
+                    "step": decision["step"],
+                    "reason": decision["reason"],
+                    "detail": decision["detail"],
+                    "duplicate_of": decision["duplicate_of"],
+                }
+            )
+            continue
+        text = record["text"]
+        pieces = json.loads(decision["pieces"]) if decision["pieces"] else None
+        for code, start, end in pieces or [(decision["split"], 0, len(text))]:
+            name = layout.SPLITS[code]
+            piece = dict(record)
+            if pieces:
+                piece["id"] = f"{record['id']}#{name}"
+                piece["text"] = text[start:end]
+            splits[name].add(piece)
+            out_counts[name] += 1
+            stats.add_length(name, len(piece["text"]))
+            stats.count("chars_out", name, len(piece["text"]))
+            stats.count("docs_out", f"{name}/{source}", 1)
+            stats.count("language", piece["language"] or "unknown", 1)
     for name, n in out_counts.items():
         stats.count("docs_out", name, n)
