@@ -16,7 +16,13 @@ from lmforge import __version__
 from lmforge.errors import UserError
 
 # Modules with a `register(subparsers)` function, in the order their commands are listed.
-COMMAND_MODULES = ("lmforge.commands", "lmforge.data.cli")
+COMMAND_MODULES = (
+    "lmforge.commands",
+    "lmforge.data.cli",
+    "lmforge.tokenizer.cli",
+    "lmforge.train.cli",
+    "lmforge.serve.cli",
+)
 
 Handler = Callable[[argparse.Namespace, list[str]], int]
 

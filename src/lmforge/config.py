@@ -16,7 +16,11 @@ from pydantic import BaseModel, Field, ValidationError
 
 from lmforge.data.config import DataConfig
 from lmforge.errors import UserError
+from lmforge.model.config import ModelConfig
 from lmforge.schema import Section
+from lmforge.serve.config import ServeConfig
+from lmforge.tokenizer.config import TokenizeConfig, TokenizerConfig
+from lmforge.train.config import TrainConfig
 
 
 class RunSection(Section):
@@ -31,6 +35,11 @@ class RunSection(Section):
 class Config(Section):
     run: RunSection = Field(default_factory=RunSection)
     data: DataConfig = Field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
 
 
 def parse_overrides(args: list[str]) -> dict[str, Any]:

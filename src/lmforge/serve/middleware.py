@@ -1,0 +1,146 @@
+"""ASGI middleware: per-request accounting (metrics + audit row) and the body size limit.
+
+`Accounting` wraps every HTTP request: it hands the handlers an `AuditRecord` to fill in
+(key, model, variant, prompt, output, tokens, filter decisions) at
+`scope["lmforge.audit"]`, watches the response status, and when the response is over
+(or the client is gone) counts it in the metrics and, for /v1 and /admin routes, writes
+exactly one audit row.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from lmforge.serve.audit import AuditLog
+from lmforge.serve.errors import APIError
+from lmforge.serve.metrics import Metrics
+
+ROUTES = ("/v1/models", "/v1/completions", "/v1/chat/completions", "/health", "/ready",
+          "/metrics", "/admin/keys", "/admin/models", "/admin/audit", "/admin/variants")
+AUDITED = ("/v1/", "/admin/")
+CLIENT_CLOSED = 499
+
+
+@dataclass
+class AuditRecord:
+    request_id: str
+    route: str
+    client: str
+    key_id: str | None = None
+    model: str | None = None
+    variant: str | None = None
+    prompt: str | None = None
+    output: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: str | None = None
+    filters: dict[str, Any] = field(default_factory=dict)
+    status: int | None = None  # set by a handler when it knows better (499)
+    on_close: list[Callable[[], None]] = field(default_factory=list)  # run before the row
+
+
+def route_label(path: str) -> str:
+    """A bounded set of metric labels: known routes, else 'other'."""
+    for route in ROUTES:
+        if path == route or (route.startswith("/admin/") and path.startswith(route)):
+            return route
+    return "other"
+
+
+class BodyTooLarge(APIError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the request body is larger than {limit} bytes; send less",
+                         "request_too_large")
+
+
+class Accounting:
+    def __init__(self, app: ASGIApp, metrics: Metrics, audit: AuditLog | None,
+                 max_body_bytes: int) -> None:
+        self.app, self.metrics, self.audit = app, metrics, audit
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        client = scope.get("client") or ("", 0)
+        record = AuditRecord(uuid.uuid4().hex, route_label(path), client[0])
+        scope["lmforge.audit"] = record
+        started = time.perf_counter()
+        status = 500
+        finished = False
+
+        async def watched_send(message: Message) -> None:
+            nonlocal status, finished
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                finished = True
+            await send(message)
+
+        try:
+            too_large = self._declared_too_large(scope)
+            if too_large is not None:
+                await _send_error(watched_send, too_large)
+            else:
+                await self.app(scope, self._limited(receive), watched_send)
+        finally:
+            for callback in record.on_close:
+                callback()
+            if record.status is not None:
+                status = record.status
+            elif not finished:
+                status = CLIENT_CLOSED
+            self.metrics.observe_request(record.route, status, time.perf_counter() - started)
+            if self.audit is not None and path.startswith(AUDITED):
+                self.audit.record(_row(record, scope, status, started))
+
+    def _declared_too_large(self, scope: Scope) -> APIError | None:
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    if int(value) > self.max_body_bytes:
+                        return BodyTooLarge(self.max_body_bytes)
+                except ValueError:
+                    return APIError(400, "the Content-Length header is not a number")
+        return None
+
+    def _limited(self, receive: Receive) -> Receive:
+        """Count body bytes as they arrive (a chunked body has no Content-Length)."""
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body_bytes:
+                    raise BodyTooLarge(self.max_body_bytes)
+            return message
+
+        return limited
+
+
+async def _send_error(send: Send, error: APIError) -> None:
+    response = error.response()
+    await send({"type": "http.response.start", "status": response.status_code,
+                "headers": response.raw_headers})
+    await send({"type": "http.response.body", "body": response.body})
+
+
+def _row(record: AuditRecord, scope: Scope, status: int, started: float) -> dict[str, Any]:
+    return {
+        "request_id": record.request_id, "ts": time.time(), "key_id": record.key_id,
+        "route": f"{scope['method']} {scope['path']}", "model": record.model,
+        "variant": record.variant, "prompt": record.prompt, "output": record.output,
+        "prompt_tokens": record.prompt_tokens, "completion_tokens": record.completion_tokens,
+        "latency_ms": round((time.perf_counter() - started) * 1000, 3), "status": status,
+        "error": record.error, "filters": record.filters, "client": record.client,
+    }

@@ -1,0 +1,206 @@
+"""OpenAI API shapes: validated request bodies and the JSON of responses and stream chunks.
+
+Requests are pydantic models with the OpenAI names, ranges and defaults (max_tokens 16 for
+completions, temperature 1, ...) plus vLLM's common extensions (top_k, repetition_penalty,
+ignore_eos, truncate_prompt_tokens). Unknown fields are rejected, naming the field.
+Responses are built as plain dicts: they are written once per token when streaming.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from lmforge.serve.engine import Delta
+from lmforge.serve.sampling import TokenLogprob
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    include_usage: bool = False
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(..., min_length=1)
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=-1, description="vLLM extension; 0 or -1: off")
+    n: int = Field(1, ge=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    user: str | None = Field(None, max_length=256)
+    ignore_eos: bool = False
+    truncate_prompt_tokens: int | None = Field(None, ge=1)
+    logit_bias: dict[str, float] | None = None
+
+    @model_validator(mode="after")
+    def _supported(self) -> _Request:
+        if self.logit_bias:
+            raise ValueError("logit_bias is not supported by this server; leave it out")
+        if isinstance(self.stop, list) and len(self.stop) > 16:
+            raise ValueError("stop takes at most 16 strings")
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options is only allowed with stream: true")
+        return self
+
+    def stop_strings(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class CompletionRequest(_Request):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = Field(16, ge=1)
+    logprobs: int | None = Field(None, ge=0, le=20)
+    echo: bool = False
+    best_of: int | None = Field(None, ge=1)
+    suffix: str | None = None
+
+    @model_validator(mode="after")
+    def _completion_only(self) -> CompletionRequest:
+        if self.best_of not in (None, self.n):
+            raise ValueError("best_of is not supported; leave it out or set it equal to n")
+        if self.suffix:
+            raise ValueError("suffix is not supported by this server; leave it out")
+        if isinstance(self.prompt, list) and not self.prompt:
+            raise ValueError("prompt is an empty list; send a string or token ids")
+        return self
+
+    def prompts(self) -> list[str | list[int]]:
+        """One entry per prompt: text, or token ids."""
+        p = self.prompt
+        if isinstance(p, str):
+            return [p]
+        if all(isinstance(x, int) for x in p):
+            return [list(p)]  # type: ignore[arg-type]
+        return list(p)  # type: ignore[arg-type]
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text"]
+    text: str
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class ChatCompletionRequest(_Request):
+    messages: list[Message] = Field(..., min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+
+    @model_validator(mode="after")
+    def _logprobs(self) -> ChatCompletionRequest:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
+
+    @property
+    def token_limit(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+    def template_messages(self) -> list[dict[str, str]]:
+        """Messages as the chat template reads them ('developer' is OpenAI's new 'system')."""
+        return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                for m in self.messages]
+
+
+# ---- responses ------------------------------------------------------------------------
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def model_card(name: str, created: int, context: int) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": created, "owned_by": "lmforge",
+            "max_model_len": context}
+
+
+def completion_logprobs(entries: list[TokenLogprob], token_text: Any,
+                        offset: int) -> dict[str, Any]:
+    """The completions API's logprobs object; `offset` is where this text starts."""
+    tokens, offsets = [], []
+    for e in entries:
+        offsets.append(offset)
+        text = token_text(e.token_id)
+        tokens.append(text)
+        offset += len(text)
+    return {
+        "tokens": tokens,
+        "token_logprobs": [e.logprob for e in entries],
+        "top_logprobs": [{token_text(t): lp for t, lp in e.top} for e in entries],
+        "text_offset": offsets,
+    }
+
+
+def chat_logprobs(entries: list[TokenLogprob], token_text: Any) -> dict[str, Any]:
+    def item(token_id: int, logprob: float) -> dict[str, Any]:
+        text = token_text(token_id)
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+    return {"content": [
+        {**item(e.token_id, e.logprob), "top_logprobs": [item(t, lp) for t, lp in e.top]}
+        for e in entries
+    ]}
+
+
+def completion_chunk(rid: str, created: int, model: str, index: int, text: str,
+                     finish_reason: str | None, logprobs: dict | None) -> dict[str, Any]:
+    return {"id": rid, "object": "text_completion", "created": created, "model": model,
+            "choices": [{"index": index, "text": text, "logprobs": logprobs,
+                         "finish_reason": finish_reason}]}
+
+
+def chat_chunk(rid: str, created: int, model: str, index: int, delta: dict[str, str],
+               finish_reason: str | None, logprobs: dict | None) -> dict[str, Any]:
+    return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [{"index": index, "delta": delta, "logprobs": logprobs,
+                         "finish_reason": finish_reason}]}
+
+
+def usage_chunk(rid: str, created: int, model: str, obj: str, prompt_tokens: int,
+                completion_tokens: int) -> dict[str, Any]:
+    return {"id": rid, "object": obj, "created": created, "model": model, "choices": [],
+            "usage": usage(prompt_tokens, completion_tokens)}
+
+
+def finish_reason(delta: Delta) -> str:
+    return "length" if delta.finish_reason == "length" else "stop"

@@ -1,0 +1,211 @@
+"""The engine's forward pass: prefill one prompt into a cache slot, decode every slot at once.
+
+Small models spend their time in per-op overhead, not arithmetic, so the decode step is built
+to issue as few ops as possible, on tensors made once at load time:
+
+- q, k and v come from one matmul, gate and up from another, all weights pre-transposed,
+  and the residual adds ride on `addmm`;
+- RMSNorm is one fused LayerNorm of [x, -x], whose mean is 0 and whose variance is
+  mean(x^2), so its first half is exactly RMSNorm(x) (on CPU F.rms_norm is a chain of
+  about seven ops; this is three, and measured ~10% faster per step at batch 8-16);
+- RoPE is `x * cos + flip(x) * sin'` with the sign of rotate_half folded into sin';
+- the KV cache is preallocated per slot, (layers, slots, kv_heads, context, head_dim), and
+  new keys land with one `scatter_` per layer;
+- each slot owns a row of an additive mask that is opened one position per step, so no mask
+  is built per step; attention reads a length rounded up to `BUCKET` positions.
+
+Rows of a decode batch are slots 0..B-1; a slot with no sequence decodes a dummy token at
+position 0 (its row is thrown away), which keeps the batch a plain slice of every buffer.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lmforge.model.llama import Transformer
+
+BUCKET = 16
+
+
+@dataclass
+class Layer:
+    norm_in: Tensor  # doubled, see Runner._rms
+    qkv_t: Tensor
+    o_t: Tensor
+    norm_post: Tensor
+    gate_up_t: Tensor | None  # None: the block's MoE module runs instead
+    down_t: Tensor | None
+    moe: torch.nn.Module | None
+    q_norm: Tensor | None
+    k_norm: Tensor | None
+
+
+class Runner:
+    """Slot-based KV cache and forward passes over a `Transformer`'s weights (copied)."""
+
+    def __init__(self, model: Transformer, slots: int, dtype: torch.dtype,
+                 device: torch.device) -> None:
+        cfg = model.cfg
+        self.cfg, self.slots, self.dtype, self.device = cfg, slots, dtype, device
+        self.heads, self.kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
+        self.dim, self.context, self.eps = cfg.dim, cfg.max_seq_len, cfg.norm_eps
+        self.window = cfg.sliding_window
+        self.n_q = self.heads * self.head_dim
+        self.n_qk = (self.heads + self.kv_heads) * self.head_dim
+        self.layers = [self._layer(block) for block in model.model.layers]
+        self.embed = self._own(model.model.embed_tokens.weight)
+        self.norm = self._norm(model.model.norm.weight)
+        self.head_t = self._own(model.lm_head.weight).t().contiguous()
+        # per position: cos, then sin with rotate_half's sign, over all q and k heads
+        half = self.head_dim // 2
+        cos, sin = self._own(model.rope_cos), self._own(model.rope_sin)
+        sin = torch.cat((-sin[:, :half], sin[:, half:]), dim=1)
+        heads = self.heads + self.kv_heads
+        self.rope = torch.cat((cos.repeat(1, heads), sin.repeat(1, heads)), dim=1).contiguous()
+        shape = (cfg.n_layers, slots, self.kv_heads, self.context, self.head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.k_layers, self.v_layers = list(self.k.unbind(0)), list(self.v.unbind(0))
+        self._view_cache: dict[tuple[int, int], tuple[Tensor, list[tuple[Tensor, ...]]]] = {}
+        self.mask = torch.full((slots, self.context), float("-inf"), dtype=dtype, device=device)
+        self.mask[:, 0] = 0.0
+        self._zero = torch.zeros((), dtype=dtype, device=device)
+        self._closed = torch.tensor(float("-inf"), dtype=dtype, device=device)
+        self._rows = torch.arange(slots, device=device)
+
+    def _own(self, tensor: Tensor) -> Tensor:
+        """A copy on the engine's device and dtype (the model itself is left untouched)."""
+        return tensor.detach().to(device=self.device, dtype=self.dtype, copy=True)
+
+    def _norm(self, weight: Tensor) -> Tensor:
+        """An RMSNorm weight doubled for `_rms`."""
+        w = self._own(weight)
+        return torch.cat((w, w))
+
+    @torch.no_grad()
+    def _layer(self, block: torch.nn.Module) -> Layer:
+        attn, mlp = block.self_attn, block.mlp
+        qkv = torch.cat([self._own(p.weight) for p in (attn.q_proj, attn.k_proj, attn.v_proj)])
+        dense = hasattr(mlp, "gate_proj")
+        return Layer(
+            norm_in=self._norm(block.input_layernorm.weight),
+            qkv_t=qkv.t().contiguous(),
+            o_t=self._own(attn.o_proj.weight).t().contiguous(),
+            norm_post=self._norm(block.post_attention_layernorm.weight),
+            gate_up_t=torch.cat((self._own(mlp.gate_proj.weight),
+                                 self._own(mlp.up_proj.weight))).t().contiguous()
+            if dense else None,
+            down_t=self._own(mlp.down_proj.weight).t().contiguous() if dense else None,
+            moe=None if dense else copy.deepcopy(mlp).to(device=self.device, dtype=self.dtype),
+            q_norm=self._own(attn.q_norm.weight) if attn.q_norm is not None else None,
+            k_norm=self._own(attn.k_norm.weight) if attn.k_norm is not None else None,
+        )
+
+    def _rms(self, x: Tensor, doubled_weight: Tensor) -> Tensor:
+        """RMSNorm(x) * w as LayerNorm([x, -x]) with weight [w, w], first half."""
+        mirrored = torch.cat((x, -x), dim=1)
+        return F.layer_norm(mirrored, mirrored.shape[-1:], doubled_weight, None,
+                            self.eps)[:, :self.dim]
+
+    def _rope(self, layer: Layer, qkv: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        """Rotated q and k side by side, (N, n_qk)."""
+        n, hd = qkv.size(0), self.head_dim
+        qk = qkv[:, :self.n_qk]
+        if layer.q_norm is not None:
+            q = F.rms_norm(qk[:, :self.n_q].reshape(n, -1, hd), (hd,), layer.q_norm, self.eps)
+            k = F.rms_norm(qk[:, self.n_q:].reshape(n, -1, hd), (hd,), layer.k_norm, self.eps)
+            qk = torch.cat((q, k), dim=1).view(n, -1)
+        swapped = qk.unflatten(1, (-1, 2, hd // 2)).flip(2).view(n, -1)
+        return qk * cos + swapped * sin
+
+    def _mlp(self, layer: Layer, x: Tensor) -> Tensor:
+        h = self._rms(x, layer.norm_post)
+        if layer.moe is not None:
+            return x + layer.moe(h)
+        gate, up = torch.mm(h, layer.gate_up_t).chunk(2, dim=-1)
+        return torch.addmm(x, F.silu(gate) * up, layer.down_t)
+
+    def _logits(self, x: Tensor) -> Tensor:
+        return torch.mm(self._rms(x, self.norm), self.head_t)
+
+    def free(self, slot: int) -> None:
+        """Close a slot's mask row (position 0 stays open so a dummy row stays finite)."""
+        self.mask[slot].fill_(float("-inf"))
+        self.mask[slot, 0] = 0.0
+
+    @torch.no_grad()
+    def prefill(self, slot: int, ids: list[int]) -> Tensor:
+        """Run a prompt into `slot` (overwriting it); the last position's logits, (V,)."""
+        t = len(ids)
+        hd, kvh = self.head_dim, self.kv_heads
+        x = F.embedding(torch.tensor(ids, device=self.device), self.embed)
+        cos, sin = self.rope[:t].split(self.n_qk, dim=1)
+        causal, mask = self._prefill_mask(t)
+        for i, layer in enumerate(self.layers):
+            qkv = torch.mm(self._rms(x, layer.norm_in), layer.qkv_t)
+            qk = self._rope(layer, qkv, cos, sin)
+            q = qk[:, :self.n_q].view(t, self.heads, hd).transpose(0, 1)
+            k = qk[:, self.n_q:].view(t, kvh, hd).transpose(0, 1)
+            v = qkv[:, self.n_qk:].view(t, kvh, hd).transpose(0, 1)
+            self.k_layers[i][slot, :, :t] = k
+            self.v_layers[i][slot, :, :t] = v
+            y = F.scaled_dot_product_attention(
+                q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), attn_mask=mask,
+                is_causal=causal, enable_gqa=kvh != self.heads)
+            x = torch.addmm(x, y[0].transpose(0, 1).reshape(t, -1), layer.o_t)
+            x = self._mlp(layer, x)
+        row = self.mask[slot]
+        row.fill_(float("-inf"))
+        row[max(0, t - self.window) if self.window else 0:t] = 0.0
+        return self._logits(x[-1:])[0]
+
+    def _prefill_mask(self, t: int) -> tuple[bool, Tensor | None]:
+        if self.window is None or t <= self.window:
+            return t > 1, None
+        pos = torch.arange(t, device=self.device)
+        allowed = (pos[None, :] <= pos[:, None]) & (pos[None, :] > pos[:, None] - self.window)
+        return False, allowed
+
+    def _views(self, b: int, length: int) -> tuple[Tensor, list[tuple[Tensor, ...]]]:
+        """The mask and, per layer, the cache rows of slots 0..b-1 (whole, and cut to
+        `length`): views made once per (b, length), which change only every few steps."""
+        key = (b, length)
+        if key not in self._view_cache:
+            rows = [(k[:b], v[:b], k[:b, :, :length], v[:b, :, :length])
+                    for k, v in zip(self.k_layers, self.v_layers, strict=True)]
+            self._view_cache[key] = (self.mask[:b, :length].view(b, 1, 1, length), rows)
+        return self._view_cache[key]
+
+    @torch.no_grad()
+    def decode(self, tokens: list[int], positions: list[int]) -> Tensor:
+        """One new token for each of slots 0..B-1 at its position; logits (B, V)."""
+        b = len(tokens)
+        hd, kvh = self.head_dim, self.kv_heads
+        pos = torch.tensor(positions, device=self.device)
+        rows = self._rows[:b]
+        self.mask.index_put_((rows, pos), self._zero)
+        if self.window is not None:
+            old = pos - self.window
+            self.mask.index_put_((rows, old.clamp(min=0)),
+                                 torch.where(old >= 0, self._closed, self._zero))
+        length = min(self.context, -(-(max(positions) + 1) // BUCKET) * BUCKET)
+        mask, caches = self._views(b, length)
+        where = pos.view(b, 1, 1, 1).expand(b, kvh, 1, hd)
+        cos, sin = self.rope[pos].split(self.n_qk, dim=1)
+        x = F.embedding(torch.tensor(tokens, device=self.device), self.embed)
+        for layer, (k_cache, v_cache, keys, values) in zip(self.layers, caches, strict=True):
+            qkv = torch.mm(self._rms(x, layer.norm_in), layer.qkv_t)
+            qk = self._rope(layer, qkv, cos, sin)
+            k_cache.scatter_(2, where, qk[:, self.n_q:].view(b, kvh, 1, hd))
+            v_cache.scatter_(2, where, qkv[:, self.n_qk:].view(b, kvh, 1, hd))
+            y = F.scaled_dot_product_attention(
+                qk[:, :self.n_q].view(b, self.heads, 1, hd), keys, values, attn_mask=mask,
+                enable_gqa=kvh != self.heads)
+            x = torch.addmm(x, y.reshape(b, -1), layer.o_t)
+            x = self._mlp(layer, x)
+        return self._logits(x)

@@ -1,0 +1,297 @@
+"""The inference engine: parity with the training model, sampling, stops, batching, limits."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from lmforge.model.config import ModelConfig
+from lmforge.model.hf import to_hf_config, to_hf_state_dict
+from lmforge.model.llama import Transformer
+from lmforge.serve.artifacts import load_served_model
+from lmforge.serve.config import EngineConfig
+from lmforge.serve.engine import ContextLengthError, Engine, QueueFull
+from lmforge.serve.runner import Runner
+from lmforge.serve.sampling import Sampler, SamplerState, SamplingParams
+from lmforge.serve.scheduler import Scheduler
+from lmforge.serve.textstream import TextStream
+from lmforge.train import checkpoint
+from test_serve_support import DIALOGUES, chat_text, make_model_dir, one_thread  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+SMALL = dict(vocab_size=37, dim=32, n_layers=2, n_heads=4, ffn_dim=48, max_seq_len=80)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    return load_served_model(make_model_dir(tmp_path_factory.mktemp("engine")))
+
+
+def make_engine(served, dtype=torch.float32, **cfg) -> Engine:
+    tok = served.tokenizer
+    return Engine(served.model, tok.decode, EngineConfig(**cfg), dtype=dtype,
+                  stop_token_ids=tok.stop_ids(["<|end|>"])).start()
+
+
+def reference_greedy(model: Transformer, prompt: list[int], n: int, stop: set[int]) -> list[int]:
+    """Greedy decoding with the training model's plain forward pass (no cache)."""
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(n):
+            token = int(model(torch.tensor([ids])).logits[0, -1].argmax())
+            if token in stop:
+                break
+            ids.append(token)
+    return ids[len(prompt):]
+
+
+@pytest.mark.parametrize("overrides", [
+    {}, {"n_kv_heads": 2}, {"qk_norm": True}, {"sliding_window": 5},
+    {"tie_embeddings": False}, {"moe": {"num_experts": 4, "top_k": 2, "expert_ffn_dim": 16}},
+])
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 0.03)])
+def test_runner_logits_match_the_model(overrides: dict, dtype: torch.dtype, tol: float) -> None:
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(**SMALL, **overrides)).eval()
+    reference = model.to(dtype)
+    runner = Runner(model, slots=4, dtype=dtype, device=torch.device("cpu"))
+    seqs = [torch.randint(0, 37, (n,)).tolist() for n in (7, 3, 12)]
+    for slot, seq in enumerate(seqs):
+        runner.prefill(slot, seq)
+    worst = 0.0
+    for _ in range(12):  # slot 3 stays idle: a dummy row in every decode batch
+        new = torch.randint(0, 37, (3,)).tolist()
+        positions = [len(s) for s in seqs]
+        for seq, token in zip(seqs, new, strict=True):
+            seq.append(token)
+        logits = runner.decode([*new, 0], [*positions, 0])
+        for row, seq in enumerate(seqs):
+            with torch.no_grad():
+                ref = reference(torch.tensor([seq])).logits[0, -1].float()
+            worst = max(worst, (logits[row].float() - ref).abs().max().item())
+    assert worst < tol
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_engine_greedy_equals_training_forward(served, dtype: torch.dtype) -> None:
+    tok = served.tokenizer
+    engine = make_engine(served, dtype=dtype, max_batch=4)
+    reference = Transformer(served.model.cfg).to(dtype).eval()
+    reference.load_state_dict(served.model.state_dict())
+    stop = set(engine.stop_token_ids)
+    try:
+        for user in DIALOGUES:
+            prompt = tok.encode(chat_text(user, "").rsplit("<|end|>", 1)[0])
+            out = engine.complete(prompt, SamplingParams(max_tokens=60, temperature=0))
+            assert out.token_ids == reference_greedy(reference, prompt, 60, stop)
+            assert out.text == DIALOGUES[user] and out.finish_reason == "stop"
+    finally:
+        engine.stop()
+
+
+def test_seeded_output_does_not_depend_on_the_batch(served) -> None:
+    engine = make_engine(served, max_batch=8)
+    prompt = served.tokenizer.encode("where is")
+    params = dict(max_tokens=40, temperature=2.0, top_p=0.98, ignore_eos=True)
+    try:
+        alone = engine.complete(prompt, SamplingParams(seed=11, **params)).text
+        results: dict[int, str] = {}
+
+        def run(seed: int) -> None:
+            results[seed] = engine.complete(prompt, SamplingParams(seed=seed, **params)).text
+
+        threads = [threading.Thread(target=run, args=(seed,)) for seed in range(5, 17)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        engine.stop()
+    assert results[11] == alone
+    assert len(set(results.values())) > 6  # different seeds, different samples
+
+
+def test_requests_join_and_leave_the_running_batch(served) -> None:
+    class Steps:
+        def __init__(self) -> None:
+            self.running: list[int] = []
+
+        def step(self, running: int, waiting: int, tokens: int) -> None:
+            self.running.append(running)
+
+        def first_token(self, seconds: float) -> None:
+            pass
+
+        def finished(self, seconds: float, reason: str) -> None:
+            pass
+
+    steps = Steps()
+    tok = served.tokenizer
+    engine = Engine(served.model, tok.decode, EngineConfig(max_batch=4), metrics=steps).start()
+    prompt = tok.encode("the quick")
+    try:
+        long = engine.generate(prompt, SamplingParams(max_tokens=60, temperature=0,
+                                                      ignore_eos=True))
+        for _ in range(5):
+            next(long)  # the long request is running
+        short = engine.complete(prompt, SamplingParams(max_tokens=5, temperature=0,
+                                                       ignore_eos=True))
+        rest = list(long)
+    finally:
+        engine.stop()
+    assert short.completion_tokens == 5 and rest[-1].completion_tokens == 60
+    assert 2 in steps.running  # the short one joined mid-flight ...
+    assert steps.running[-1] == 0 and steps.running.index(2) > 0  # ... and both left
+    assert steps.running.count(2) >= 3  # prefill + 4 decode steps, the last one alone
+
+
+def test_stop_strings_max_tokens_and_logprobs(served) -> None:
+    engine = make_engine(served, max_batch=2)
+    prompt = served.tokenizer.encode("the quick brown")
+    try:
+        stopped = engine.complete(prompt, SamplingParams(max_tokens=50, temperature=0,
+                                                         stop=("lazy", "zzz")))
+        capped = engine.complete(prompt, SamplingParams(max_tokens=7, temperature=0,
+                                                        logprobs=3))
+    finally:
+        engine.stop()
+    assert stopped.text == " fox jumps over the " and stopped.finish_reason == "stop"
+    assert capped.text == " fox ju" and capped.finish_reason == "length"
+    assert len(capped.logprobs) == 7 and all(len(lp.top) == 3 for lp in capped.logprobs)
+    assert all(lp.token_id == lp.top[0][0] and lp.logprob <= 0 for lp in capped.logprobs)
+
+
+def test_context_is_checked_or_the_prompt_truncated(served) -> None:
+    engine = make_engine(served)
+    context = engine.context
+    try:
+        with pytest.raises(ContextLengthError, match="maximum context length is 128"):
+            engine.fit(list(range(10)) * 13, None)
+        with pytest.raises(ContextLengthError, match="reduce max_tokens to 118"):
+            engine.fit(list(range(10)), 200)
+        with pytest.raises(ContextLengthError, match="empty"):
+            engine.fit([], 5)
+        kept, room = engine.fit(list(range(200)), None, truncate=100)
+        assert kept == list(range(100, 200)) and room == context - 100
+        prompt = served.tokenizer.encode("the quick brown fox " * 5)
+        out = engine.complete(*_fit(engine, prompt, 8))
+        assert out.completion_tokens == 8
+    finally:
+        engine.stop()
+
+
+def _fit(engine: Engine, prompt: list[int], max_tokens: int):
+    ids, n = engine.fit(prompt, max_tokens)
+    return ids, SamplingParams(max_tokens=n, temperature=0, ignore_eos=True)
+
+
+def test_queue_limit_and_abort(served) -> None:
+    tok = served.tokenizer
+    engine = Engine(served.model, tok.decode, EngineConfig(max_batch=1, max_queue=1))
+    params = SamplingParams(max_tokens=100, temperature=0, ignore_eos=True)
+    prompt = tok.encode("the")
+    first = engine.submit(prompt, params)  # takes the free slot at the first step
+    second = engine.submit(prompt, params)  # waits
+    with pytest.raises(QueueFull):
+        engine.submit(prompt, params)
+    engine.start()
+    engine.abort(first)
+    engine.abort(second)
+    deadline = time.monotonic() + 10
+    while (engine.running or engine.waiting) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert engine.running == 0 and engine.waiting == 0  # both slots given back
+    short = engine.complete(prompt, SamplingParams(max_tokens=3, temperature=0, ignore_eos=True))
+    engine.stop()
+    assert short.completion_tokens == 3
+
+
+def test_scheduler_prefill_budget_and_lowest_free_slot() -> None:
+    class Seq:
+        def __init__(self, n: int) -> None:
+            self.prompt_len, self.slot = n, -1
+
+    sched: Scheduler[Seq] = Scheduler(slots=3, max_queue=10, max_prefill_tokens=100)
+    a, b, c, d = Seq(60), Seq(60), Seq(500), Seq(10)
+    for s in (a, b, c, d):
+        sched.add(s)
+    assert sched.admit() == [a]  # b would overrun the prefill budget of this step
+    assert sched.admit() == [b]
+    assert sched.admit() == [c]  # a long prompt still runs when it is first in line
+    assert [s.slot for s in (a, b, c)] == [0, 1, 2] and sched.admit() == []
+    sched.release(b)
+    assert sched.admit() == [d] and d.slot == 1
+    assert [s is not None for s in sched.batch()] == [True, True, True]
+
+
+def test_sampler_penalties_filters_and_distribution() -> None:
+    sampler = Sampler(slots=2, vocab=4, device=torch.device("cpu"))
+    logits = torch.tensor([[2.0, 1.0, -1.0, 0.5]])
+    rep = SamplerState.create(SamplingParams(max_tokens=1, temperature=0,
+                                             repetition_penalty=4.0), slot=0)
+    sampler.start(rep, prompt=[0])
+    assert sampler.sample(logits, [0], [rep])[0] == [1]  # 2.0/4 < 1.0: token 0 loses
+    freq = SamplerState.create(SamplingParams(max_tokens=1, temperature=0,
+                                              frequency_penalty=0.6), slot=1)
+    sampler.start(freq, prompt=[3])
+    sampler.observe([freq, freq], [0, 0])  # token 0 generated twice: 2.0 - 1.2 < 1.0
+    assert sampler.sample(logits, [0], [freq])[0] == [1]
+    top1 = SamplerState.create(SamplingParams(max_tokens=1, top_k=1, seed=0), slot=0)
+    tiny_p = SamplerState.create(SamplingParams(max_tokens=1, top_p=0.01, seed=0), slot=1)
+    for _ in range(20):
+        assert sampler.sample(logits.repeat(2, 1), [0, 1], [top1, tiny_p])[0] == [0, 0]
+    free = SamplerState.create(SamplingParams(max_tokens=1, temperature=1.0, seed=3), slot=0)
+    draws = [sampler.sample(logits, [0], [free])[0][0] for _ in range(4000)]
+    freqs = torch.bincount(torch.tensor(draws), minlength=4).float() / len(draws)
+    assert torch.allclose(freqs, logits.softmax(-1)[0], atol=0.03)
+    low_p = SamplerState.create(SamplingParams(max_tokens=1, top_p=0.8, seed=5), slot=0)
+    kept = {sampler.sample(logits, [0], [low_p])[0][0] for _ in range(300)}
+    assert kept == {0, 1}  # p(0)+p(1) = 0.81 covers top_p=0.8; tokens 2 and 3 never
+
+
+def test_text_stream_whole_characters_and_stop_strings() -> None:
+    data = "héllo wörld. STOP here".encode()
+
+    def decode(ids: list[int]) -> str:
+        return bytes(ids).decode("utf-8", errors="replace")
+
+    stream = TextStream(decode, prompt=[], stop=("STOP",))
+    pieces = [stream.push(b) for b in data]
+    assert "\ufffd" not in "".join(pieces)
+    assert "".join(pieces) == "héllo wörld. " and stream.stopped
+    held = TextStream(decode, prompt=[], stop=("STOP",))
+    assert [held.push(b) for b in b"a ST"] == ["a", " ", "", ""]
+    assert held.push(ord("x")) == "STx" and held.finish() == ""
+
+
+def test_artifacts_load_a_run_dir_checkpoint_and_hf_export(tmp_path: Path, served) -> None:
+    model = served.model
+    run = tmp_path / "run"
+    tok_dir = served.tokenizer.directory
+    (run / "pretrain").mkdir(parents=True)
+    shutil.copytree(tok_dir, run / "pretrain" / "tokenizer")
+    checkpoint.save(run / "pretrain" / "checkpoints" / "best.pt",
+                    {"model": model.state_dict(), "model_config": model.cfg.model_dump()})
+    export = tmp_path / "export"
+    export.mkdir()
+    to_hf_config(model.cfg).save_pretrained(export)
+    save_file({k: v.contiguous() for k, v in to_hf_state_dict(model.state_dict(),
+                                                              model.cfg).items()},
+              str(export / "model.safetensors"))
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tok_dir / name, export / name)
+    prompt = served.tokenizer.encode("the quick brown")
+    expected = None
+    for path in (run, export):
+        loaded = load_served_model(path)
+        engine = make_engine(loaded, max_batch=1)
+        text = engine.complete(prompt, SamplingParams(max_tokens=12, temperature=0)).text
+        engine.stop()
+        expected = expected or text
+        assert text == expected == " fox jumps o"
