@@ -158,6 +158,12 @@ class DedupConfig(Section):
     cjk_ngram: int = Field(5, ge=1, description="character n-gram size for CJK text")
     seed: int = 1
     verify: bool = Field(True, description="confirm LSH candidates by their signature agreement")
+    verify_margin: float = Field(
+        2.0,
+        ge=0,
+        description="standard errors of the similarity estimate (sqrt(t(1-t)/num_perm)) that a "
+        "candidate may fall below the threshold and still be confirmed",
+    )
 
     @model_validator(mode="after")
     def _bands_rows(self) -> DedupConfig:

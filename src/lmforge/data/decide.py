@@ -25,7 +25,7 @@ from lmforge.data.process import resolve_bands
 from lmforge.data.readers import Shard
 from lmforge.data.split import DROPPED, Cuts, assign_splits, decontaminate
 from lmforge.data.stats import Stats
-from lmforge.data.table import Table, load_table, near_pairs
+from lmforge.data.table import Table, load_table, near_pairs, verification_threshold
 from lmforge.io import atomic_path
 
 DECISION_SCHEMA = pa.schema(
@@ -155,6 +155,7 @@ def _near_dedup(cfg: DataConfig, table: Table, summary: dict, stats: Stats) -> N
         "bands": bands,
         "rows": rows_per_band,
         "p_candidate_at_threshold": round(float(p_at_threshold), 4),
+        "verified_at": round(verification_threshold(cfg), 4) if cfg.dedup.verify else None,
         "verified_pairs": len(i),
         "removed": len(dup),
         "clusters": int(sum(clusters.values())),

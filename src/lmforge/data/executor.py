@@ -8,11 +8,13 @@ progress bar of the main process.
 from __future__ import annotations
 
 import ctypes
+import gc
 import multiprocessing as mp
 import os
 import queue
 import signal
 import sys
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -23,22 +25,24 @@ ProgressFn = Callable[[int, int], None]
 _report_queue: Any = None
 _report_local: ProgressFn | None = None
 _pending = [0, 0, 0.0]  # docs, bytes, time of last flush (per worker process)
+_pending_lock = threading.Lock()
 
 
 def report(docs: int, nbytes: int, flush: bool = False) -> None:
     """Count progress from inside a task; cheap, batched to a few messages a second."""
-    _pending[0] += docs
-    _pending[1] += nbytes
-    now = time.monotonic()
-    if not flush and now - _pending[2] < 0.2:
-        return
-    docs, nbytes = _pending[0], _pending[1]
-    _pending[0] = _pending[1] = 0
-    _pending[2] = now
-    if _report_queue is not None:
-        _report_queue.put((docs, nbytes))
-    elif _report_local is not None:
-        _report_local(docs, nbytes)
+    with _pending_lock:
+        _pending[0] += docs
+        _pending[1] += nbytes
+        now = time.monotonic()
+        if not flush and now - _pending[2] < 0.2:
+            return
+        docs, nbytes = _pending[0], _pending[1]
+        _pending[0] = _pending[1] = 0
+        _pending[2] = now
+        if _report_queue is not None:
+            _report_queue.put((docs, nbytes))
+        elif _report_local is not None:
+            _report_local(docs, nbytes)
 
 
 class Executor(ABC):
@@ -66,11 +70,7 @@ class LocalExecutor(Executor):
         if self.workers == 1 or len(tasks) <= 1:
             _report_local = progress
             try:
-                results = []
-                for task in tasks:
-                    results.append(fn(task))
-                    report(0, 0, flush=True)
-                return results
+                return [_run_task(fn, task) for task in tasks]
             finally:
                 _report_local = None
         return self._map_pool(fn, tasks, progress)
@@ -81,15 +81,22 @@ class LocalExecutor(Executor):
         method = "fork" if sys.platform.startswith("linux") else "spawn"
         ctx = mp.get_context(method)
         reports = ctx.Queue()
-        with ctx.Pool(min(self.workers, len(tasks)), _init_worker, (reports,)) as pool:
-            pending = [pool.apply_async(_run_task, (fn, task)) for task in tasks]
-            while not all(r.ready() for r in pending):
-                _drain(reports, progress, timeout=0.1)
-                for r in pending:
-                    if r.ready() and not r.successful():
-                        r.get()  # re-raise the worker's exception here
-            _drain(reports, progress, timeout=0.05)
-            return [r.get() for r in pending]
+        # Forked workers share the parent's memory until they write to it, and the cyclic
+        # GC writes to every object it walks: freezing the parent's objects first keeps
+        # them shared instead of copied into each worker.
+        gc.freeze()
+        try:
+            with ctx.Pool(min(self.workers, len(tasks)), _init_worker, (reports,)) as pool:
+                pending = [pool.apply_async(_run_task, (fn, task)) for task in tasks]
+                while not all(r.ready() for r in pending):
+                    _drain(reports, progress, timeout=0.1)
+                    for r in pending:
+                        if r.ready() and not r.successful():
+                            r.get()  # re-raise the worker's exception here
+                _drain(reports, progress, timeout=0.05)
+                return [r.get() for r in pending]
+        finally:
+            gc.unfreeze()
 
 
 def _drain(reports: Any, progress: ProgressFn, timeout: float) -> None:

@@ -51,6 +51,16 @@ QUARANTINE_SCHEMA = pa.schema(
 )
 
 
+def warm_up() -> None:
+    """Set pyarrow up once, in the parent, before workers fork from it.
+
+    pyarrow's default mimalloc pool keeps freed pages: writing one 16 MB shard left ~45 MB
+    resident per worker, against ~12 MB with the system allocator. And its lazy set-up
+    (it imports pandas when installed, ~35 MB) is then shared with the workers."""
+    pa.set_memory_pool(pa.system_memory_pool())
+    pa.Table.from_pylist([], schema=OUTPUT_SCHEMA)
+
+
 def part_name(index: int) -> str:
     return f"part-{index:05d}.parquet"
 
@@ -90,8 +100,8 @@ def drop_row(drop: Drop) -> dict[str, Any]:
 
 
 class PartWriter:
-    """Streams rows into one Parquet file, written atomically when closed; an empty part
-    leaves no file behind."""
+    """Streams rows (dicts) or Arrow tables into one Parquet file, written atomically when
+    closed; an empty part leaves no file behind."""
 
     def __init__(self, path: Path, schema: pa.Schema, row_group_rows: int = 4096):
         self.path = path
@@ -108,16 +118,25 @@ class PartWriter:
         if len(self.rows) >= self.row_group_rows:
             self._flush()
 
-    def _flush(self) -> None:
-        if not self.rows:
+    def write(self, table: pa.Table) -> None:
+        """Append a table with this writer's columns (in any order)."""
+        if table.num_rows == 0:
             return
+        self._flush()
+        self.count += table.num_rows
+        self._sink().write_table(table.select(self.schema.names).cast(self.schema))
+
+    def _sink(self) -> pq.ParquetWriter:
         if self._writer is None:
             self._atomic = atomic_path(self.path)
             tmp = self._atomic.__enter__()
             self._writer = pq.ParquetWriter(tmp, self.schema, compression="zstd")
-        table = pa.Table.from_pylist(self.rows, schema=self.schema)
-        self._writer.write_table(table)
-        self.rows = []
+        return self._writer
+
+    def _flush(self) -> None:
+        if self.rows:
+            self._sink().write_table(pa.Table.from_pylist(self.rows, schema=self.schema))
+            self.rows = []
 
     def close(self) -> int:
         self._flush()

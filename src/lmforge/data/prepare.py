@@ -9,6 +9,8 @@ redoes only unfinished shards, and the output does not depend on the number of w
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import gc
 import shutil
 import sys
@@ -20,7 +22,7 @@ from lmforge.data import builtin, layout
 from lmforge.data.config import DataConfig
 from lmforge.data.decide import decide
 from lmforge.data.executor import LocalExecutor
-from lmforge.data.process import ShardTask, process_shard
+from lmforge.data.process import ShardTask, features_for, process_shard
 from lmforge.data.readers import Shard, plan_shards
 from lmforge.data.stats import Stats
 from lmforge.data.write import WriteTask, write_shard
@@ -107,6 +109,14 @@ def _start(out_dir: Path, fp: str, resume: bool) -> Path:
     return work
 
 
+def release_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS (glibc keeps them)."""
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def prepare(cfg: DataConfig, out_dir: Path, resume: bool = False) -> dict[str, Any]:
     """Run the data stage into out_dir; returns the headline metrics."""
     shards = plan_shards(cfg.sources, cfg.shard_mb)
@@ -116,6 +126,10 @@ def prepare(cfg: DataConfig, out_dir: Path, resume: bool = False) -> dict[str, A
     total = sum(s.size for s in shards)
     console.print(f"data: {len(shards)} shards, {total / 1e6:,.1f} MB, {pool.workers} workers")
 
+    # Build the steps and warm pyarrow here, once: forked workers then share those pages
+    # (models, tables, the pandas module pyarrow pulls in) instead of each making its own.
+    features_for(cfg)
+    layout.warm_up()
     tasks = [ShardTask(s, cfg, work, fp) for s in shards]
     with byte_progress("clean", total) as update:
         shard_stats = pool.map(process_shard, tasks, update)
@@ -123,7 +137,7 @@ def prepare(cfg: DataConfig, out_dir: Path, resume: bool = False) -> dict[str, A
 
     console.print("data: global dedup and split")
     global_stats, summary = decide(cfg, shards, work, counts)
-    gc.collect()  # phase 2's tables are gone: the writers fork from a lean process
+    release_memory()  # phase 2's tables are gone: the writers fork from a lean process
 
     writes = [WriteTask(s, out_dir, work, fp) for s in shards]
     with byte_progress("write", total) as update:

@@ -25,6 +25,7 @@ from lmforge.data.stats import Stats
 from lmforge.io import atomic_path, atomic_write_json, read_json, sha256_json
 
 BATCH = 512
+WORK_ROWS = 1024
 
 
 @dataclass(frozen=True)
@@ -137,12 +138,11 @@ def process_shard(task: ShardTask) -> dict[str, Any]:
         return read_json(stats_path)
     features = features_for(task.cfg)
     stats = Stats()
-    docs_out = layout.PartWriter(
-        layout.work_file(work, "docs", shard.index, ".parquet"), layout.WORK_SCHEMA
-    )
-    drops_out = layout.PartWriter(
-        layout.work_file(work, "dropped", shard.index, ".parquet"), layout.QUARANTINE_SCHEMA
-    )
+    # Small row groups keep each worker's buffers small (phase 3 reads them back in batches).
+    docs_path = layout.work_file(work, "docs", shard.index, ".parquet")
+    docs_out = layout.PartWriter(docs_path, layout.WORK_SCHEMA, WORK_ROWS)
+    drops_path = layout.work_file(work, "dropped", shard.index, ".parquet")
+    drops_out = layout.PartWriter(drops_path, layout.QUARANTINE_SCHEMA, WORK_ROWS)
     arrays: dict[str, list[np.ndarray]] = {}
     reader = ShardReader(shard, int(task.cfg.max_line_mb * 2**20), strict=task.cfg.strict)
     records = iter(reader)

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+import numpy as np
+
 # Character-length histogram bins (log-spaced edges), shared so histograms add up.
 LENGTH_EDGES = [0, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000]
 
@@ -65,6 +67,12 @@ class Stats:
     def add_length(self, name: str, chars: int) -> None:
         hist = self.lengths.setdefault(name, [0] * len(LENGTH_EDGES))
         hist[length_bin(chars)] += 1
+
+    def add_lengths(self, name: str, chars: np.ndarray) -> None:
+        hist = self.lengths.setdefault(name, [0] * len(LENGTH_EDGES))
+        bins = np.searchsorted(LENGTH_EDGES, chars, side="right") - 1
+        for i, n in enumerate(np.bincount(bins, minlength=len(LENGTH_EDGES)).tolist()):
+            hist[i] += n
 
     def merge(self, other: Stats) -> Stats:
         for step in other.order:

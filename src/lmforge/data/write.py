@@ -1,14 +1,21 @@
 """Phase 3 of `data prepare`, one shard per task: apply the global decisions and write the
-shard's documents to train/val/test and everything dropped to quarantine."""
+shard's documents to train/val/test and everything dropped to quarantine.
+
+Routing is columnar: each batch of the shard's documents is split with Arrow filters by
+the decision column, so no Python object is made per document (only documents cut by a
+contiguous split are handled one by one).
+"""
 
 from __future__ import annotations
 
 import json
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lmforge.data import executor, layout
@@ -16,6 +23,8 @@ from lmforge.data.decide import decision_file
 from lmforge.data.readers import Shard
 from lmforge.data.stats import Stats
 from lmforge.io import atomic_write_json, read_json
+
+BATCH = 1024
 
 
 @dataclass(frozen=True)
@@ -42,13 +51,17 @@ def write_shard(task: WriteTask) -> dict[str, Any]:
     stats = Stats()
     dropped_path = layout.work_file(work, "dropped", shard.index, ".parquet")
     if dropped_path.is_file():
-        for batch in pq.ParquetFile(dropped_path).iter_batches(batch_size=2048):
-            for row in batch.to_pylist():
-                quarantine.add(row)
+        for batch in pq.ParquetFile(dropped_path).iter_batches(batch_size=BATCH, use_threads=False):
+            quarantine.write(pa.Table.from_batches([batch]))
     docs_path = layout.work_file(work, "docs", shard.index, ".parquet")
     if docs_path.is_file():
-        decisions = pq.read_table(decision_file(work, shard.index)).to_pylist()
-        _route(docs_path, decisions, splits, quarantine, stats, shard.source)
+        decisions = pq.read_table(decision_file(work, shard.index), use_threads=False)
+        offset = 0
+        for batch in pq.ParquetFile(docs_path).iter_batches(batch_size=BATCH, use_threads=False):
+            docs = pa.Table.from_batches([batch])
+            decided = decisions.slice(offset, docs.num_rows)
+            offset += docs.num_rows
+            _route(docs, decided, splits, quarantine, stats, shard.source)
     for writer in (*splits.values(), quarantine):
         writer.close()
     result = stats.to_json()
@@ -58,48 +71,59 @@ def write_shard(task: WriteTask) -> dict[str, Any]:
 
 
 def _route(
-    docs_path: Path,
-    decisions: list[dict[str, Any]],
+    docs: pa.Table,
+    decided: pa.Table,
     splits: dict[str, layout.PartWriter],
     quarantine: layout.PartWriter,
     stats: Stats,
     source: str,
 ) -> None:
-    out_counts: Counter[str] = Counter()
-    rows = (
-        row
-        for batch in pq.ParquetFile(docs_path).iter_batches(batch_size=2048)
-        for row in batch.to_pylist()
-    )
-    for record, decision in zip(rows, decisions, strict=True):
-        record.pop("chars")
-        if decision["step"] is not None:
-            quarantine.add(
-                {
-                    "id": record["id"],
-                    "text": record["text"],
-                    "source": record["source"],
-                    "location": record["location"],
-                    "step": decision["step"],
-                    "reason": decision["reason"],
-                    "detail": decision["detail"],
-                    "duplicate_of": decision["duplicate_of"],
-                }
-            )
-            continue
-        text = record["text"]
-        pieces = json.loads(decision["pieces"]) if decision["pieces"] else None
-        for code, start, end in pieces or [(decision["split"], 0, len(text))]:
+    dropped = decided["step"].is_valid()
+    cut = decided["pieces"].is_valid()
+    reasons = decided.select(["step", "reason", "detail", "duplicate_of"])
+    quarantine.write(_join(docs.filter(dropped), reasons.filter(dropped)))
+    split = decided["split"].to_numpy()
+    whole = np.asarray(pc.invert(pc.or_(dropped, cut)))
+    for code, name in enumerate(layout.SPLITS):
+        part = docs.filter(pa.array(whole & (split == code)))
+        splits[name].write(part)
+        _count(stats, name, source, part)
+    if pc.any(cut).as_py():
+        _write_pieces(docs.filter(cut), decided["pieces"].filter(cut), splits, stats, source)
+
+
+def _join(left: pa.Table, right: pa.Table) -> pa.Table:
+    for column in right.column_names:
+        left = left.append_column(column, right[column])
+    return left
+
+
+def _write_pieces(
+    docs: pa.Table,
+    pieces: pa.ChunkedArray,
+    splits: dict[str, layout.PartWriter],
+    stats: Stats,
+    source: str,
+) -> None:
+    """Documents a contiguous split cut at a boundary: one piece per split, `id#split`."""
+    for record, spec in zip(docs.to_pylist(), pieces.to_pylist(), strict=True):
+        for code, start, end in json.loads(spec):
             name = layout.SPLITS[code]
-            piece = dict(record)
-            if pieces:
-                piece["id"] = f"{record['id']}#{name}"
-                piece["text"] = text[start:end]
-            splits[name].add(piece)
-            out_counts[name] += 1
-            stats.add_length(name, len(piece["text"]))
-            stats.count("chars_out", name, len(piece["text"]))
-            stats.count("docs_out", f"{name}/{source}", 1)
-            stats.count("language", piece["language"] or "unknown", 1)
-    for name, n in out_counts.items():
-        stats.count("docs_out", name, n)
+            text = record["text"][start:end]
+            piece = dict(record, id=f"{record['id']}#{name}", text=text, chars=len(text))
+            table = pa.Table.from_pylist([piece], schema=layout.WORK_SCHEMA)
+            splits[name].write(table)
+            _count(stats, name, source, table)
+
+
+def _count(stats: Stats, split: str, source: str, part: pa.Table) -> None:
+    if part.num_rows == 0:
+        return
+    chars = part["chars"].to_numpy()
+    stats.add_lengths(split, chars)
+    stats.count("chars_out", split, int(chars.sum()))
+    stats.count("docs_out", split, part.num_rows)
+    stats.count("docs_out", f"{split}/{source}", part.num_rows)
+    languages = pc.value_counts(pc.fill_null(part["language"], "unknown"))
+    for item in languages.to_pylist():
+        stats.count("language", item["values"], item["counts"])
