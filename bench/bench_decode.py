@@ -8,8 +8,8 @@ vocab 65: the shakespeare-char shape), loaded into transformers' LlamaForCausalL
 
 - peer: `model.generate(ids, do_sample=False, use_cache=True, max_new_tokens=256)`;
 - ours (engine): B requests submitted to a running `Engine` and read back as text deltas,
-  i.e. the whole serving path (queue, slots, prefill, continuous batching, sampling,
-  detokenization, delivery to the consumer thread);
+  i.e. the whole serving path (queue, the core process, prefill, continuous batching,
+  sampling, one message per step back, detokenization, delivery to the consumer thread);
 - ours (step): the decode step alone (`Runner.decode` + argmax), what one token costs.
 
 Both sides run alternately `--repeats` times in this process with the same torch thread
@@ -20,6 +20,7 @@ must be identical. Prints `name: ours=X peer=Y ratio=Z` lines (tokens per second
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -59,32 +60,24 @@ def run_hf(hf, prompts: torch.Tensor, new: int) -> tuple[float, list[list[int]]]
 def run_engine(engine: Engine, prompts: torch.Tensor, new: int) -> tuple[float, list[list[int]]]:
     params = SamplingParams(max_tokens=new, temperature=0.0, ignore_eos=True)
     start = time.perf_counter()
-    seqs = [engine.submit(p.tolist(), params) for p in prompts]
-    outputs = []
-    for seq in seqs:
-        tokens = []
-        while True:
-            delta = seq.sink.queue.get()
-            tokens += delta.token_ids
-            if delta.finish_reason is not None:
-                break
-        outputs.append(tokens)
+    requests = [engine.submit(p.tolist(), params) for p in prompts]
+    outputs = [engine.wait(r).token_ids for r in requests]
     return time.perf_counter() - start, outputs
 
 
 def run_steps(runner: Runner, prompts: torch.Tensor, new: int) -> tuple[float, list[list[int]]]:
     """Prefill each row into its slot, then only decode steps with an on-device argmax."""
     b = prompts.size(0)
-    first = [int(runner.prefill(i, p.tolist()).argmax()) for i, p in enumerate(prompts)]
-    tokens, positions = first, [prompts.size(1)] * b
-    outputs = [[t] for t in first]
+    tokens = runner.prefill(list(range(b)), prompts.tolist()).argmax(dim=-1)
+    positions = torch.full((b,), prompts.size(1))
+    steps = [tokens]
     start = time.perf_counter()
     for _ in range(new - 1):
-        tokens = runner.decode(tokens, positions).argmax(dim=-1).tolist()
-        positions = [p + 1 for p in positions]
-        for out, t in zip(outputs, tokens, strict=True):
-            out.append(t)
+        tokens = runner.decode(tokens, positions, int(positions[0]) + 1).argmax(dim=-1)
+        positions += 1
+        steps.append(tokens)
     seconds = time.perf_counter() - start
+    outputs = torch.stack(steps, dim=1).tolist()
     for slot in range(b):
         runner.free(slot)
     return seconds, outputs
@@ -102,7 +95,8 @@ def main() -> None:
     hf = load_into_hf(model, model.cfg)
     new = args.new_tokens
     print(f"model: {model.num_params():,} params, torch threads {args.threads}, "
-          f"{new} new tokens, greedy, prompt 8 tokens")
+          f"{new} new tokens, greedy, prompt 8 tokens; load average "
+          f"{os.getloadavg()[0]:.2f} (2-core machine)")
     for b in args.batches:
         prompts = torch.randint(0, len(CHARS), (b, 8), generator=torch.Generator().manual_seed(b))
         engine = Engine(model, decode_text, EngineConfig(max_batch=b, threads=args.threads),

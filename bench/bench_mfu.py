@@ -1,7 +1,8 @@
 """Benchmark 3: model FLOPs utilization of a ~25M-parameter preset on this CPU.
 
-The peer is the machine itself: the best sustained throughput of one large square matmul
-(4096^3) in the same dtype, measured in this process right before the training steps.
+The peer is the machine itself: the best throughput of one large square matmul (4096^3) in
+the same dtype and on the same number of threads, measured in this process right before the
+training steps.
 MFU = tokens/s x training FLOPs per token (6N + attention, PaLM convention) / that peak.
 
     python bench/bench_mfu.py [--steps 6] [--batch 4] [--block 256]
@@ -23,6 +24,7 @@ from lmforge.io import atomic_write_json
 from lmforge.model.config import count_params, flops_per_token
 from lmforge.tokenizer.format import META, bin_path, idx_path, make_meta, split_record
 from lmforge.train.mfu import measure_matmul_tflops
+from lmforge.train.runtime import auto_threads
 from lmforge.train.trainer import Trainer
 
 WORK = Path(__file__).parent / "_work" / "mfu"
@@ -44,10 +46,10 @@ def token_dir() -> Path:
     return out
 
 
-def trainer(precision: str, batch: int, block: int) -> Trainer:
+def trainer(precision: str, batch: int, block: int, threads: int) -> Trainer:
     raw = {"run": {"dir": str(WORK / "run")}, "model": {"preset": "25m"}, "train": {
         "batch_size": batch, "block_size": block, "max_steps": 10**6, "warmup_steps": 10,
-        "precision": precision, "tensorboard": False, "peak_tflops": 1.0}}
+        "precision": precision, "tensorboard": False, "peak_tflops": 1.0, "threads": threads}}
     return Trainer(validate_config(raw), WORK / f"out-{precision}", token_dir())
 
 
@@ -67,10 +69,13 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--block", type=int, default=256)
+    parser.add_argument("--threads", type=int, help="default: what the trainer would pick")
     args = parser.parse_args()
+    threads = args.threads or auto_threads()
+    torch.set_num_threads(threads)
     for precision, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
         peak = measure_matmul_tflops(dtype, size=4096, seconds=3.0) * 1e12
-        t = trainer(precision, args.batch, args.block)
+        t = trainer(precision, args.batch, args.block, threads)
         rate = tokens_per_s(t, args.steps)
         fpt = flops_per_token(t.model_cfg, args.block)
         achieved = rate * fpt

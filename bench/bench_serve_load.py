@@ -7,13 +7,18 @@ char tokenizer to bench/_work/serve, starts `lmforge serve` on it in its own pro
 log on, default engine settings with max_batch 64), and drives it with `loadgen` from this
 process: each client sends --requests streaming completions of exactly --tokens tokens
 (ignore_eos) one after another (at least --min-requests per level, so one client sends
-enough to average). The sweep runs --rounds times and the best round of each level counts
-(the machine is shared). For every level it prints requests/s, output tokens/s, time to
-first token and latency (P50/P99) and errors; then it stops the server with SIGTERM
-(graceful shutdown) and counts the audit rows against the requests sent.
+enough to average). The sweep runs --rounds times; each round prints its tokens/s per level
+and its own ratios to 1 client (both sides measured minutes apart, on the same server), and
+at the end the best round of each level counts (the machine is shared). For every level it
+prints requests/s, output tokens/s, time to first token and latency (P50/P99) and errors;
+then it stops the server with SIGTERM (graceful shutdown) and counts the audit rows against
+the requests sent. The machine's load average is printed before and after: other work on a
+2-core machine takes CPU from the 16-client level (which could use both cores) more than
+from the 1-client level (which waits on one request at a time).
 
 Lines `name: ours=X peer=Y ratio=Z`: serve_scaling_cN compares the aggregate tokens/s at N
-clients (ours) with 1 client (peer) on the same server in the same run.
+clients (ours) with 1 client (peer) on the same server in the same run (best rounds), with
+the spread of the per-round ratios.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import os
 import signal
 import socket
 import sqlite3
+import statistics
 import subprocess
 import sys
 import time
@@ -91,7 +97,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64, help="completion tokens per request")
     parser.add_argument("--requests", type=int, default=4, help="requests per client")
     parser.add_argument("--min-requests", type=int, default=32, help="requests per level")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64])
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
@@ -102,21 +108,31 @@ def main() -> None:
     body = {"model": "bench", "prompt": "To be, or not to be", "max_tokens": args.tokens,
             "temperature": 0.8, "ignore_eos": True, "stream": True,
             "stream_options": {"include_usage": True}}
-    sent, summaries = 0, {}
+    sent, summaries, ratios = 0, {}, {n: [] for n in args.clients}
+    print(f"load average before: {os.getloadavg()[0]:.2f} (2-core machine: 2.0 is full)")
     try:
         asyncio.run(run_load(url, body, 2, 2))  # warm-up
         sent += 4
-        for _ in range(args.rounds):
+        for r in range(args.rounds):
+            this_round = {}
             for n in args.clients:
                 per_client = max(args.requests, -(-args.min_requests // n))
                 results, wall = asyncio.run(run_load(url, body, n, per_client))
                 sent += len(results)
-                s = summarize(results, wall)
+                s = this_round[n] = summarize(results, wall)
                 if n not in summaries or s["tokens_per_s"] > summaries[n]["tokens_per_s"]:
                     summaries[n] = s
+            for n, s in this_round.items():
+                if 1 in this_round:
+                    ratios[n].append(s["tokens_per_s"] / this_round[1]["tokens_per_s"])
+            print(f"round {r + 1}: " + "  ".join(
+                f"c{n} {s['tokens_per_s']:.0f} tok/s" + (f" (x{ratios[n][-1]:.2f})" if n != 1
+                                                         and ratios[n] else "")
+                for n, s in this_round.items()), flush=True)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(120)
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
     for n, s in summaries.items():
         print(f"clients={n:3d}: {s['requests_per_s']:7.1f} req/s  "
               f"{s['tokens_per_s']:8.0f} tokens/s  TTFT p50 {s['ttft_p50_ms']:7.1f} ms "
@@ -129,9 +145,11 @@ def main() -> None:
     for n, s in summaries.items():
         if base and n != 1:
             ratio = s["tokens_per_s"] / base["tokens_per_s"]
+            spread = (f"; per round {min(ratios[n]):.2f}-{max(ratios[n]):.2f}, median "
+                      f"{statistics.median(ratios[n]):.2f}") if ratios[n] else ""
             print(f"serve_scaling_c{n}: ours={s['tokens_per_s']:.0f} "
                   f"peer={base['tokens_per_s']:.0f} ratio={ratio:.2f}  "
-                  f"(tokens/s at {n} clients vs 1 client, same server)")
+                  f"(tokens/s at {n} clients vs 1 client, same server{spread})")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ same initial weights: our weights are loaded into HF's model and the logits are 
 first. Ours runs `Trainer.train_step` (loader, LR schedule, autocast, clip, stability guard,
 fused AdamW); HF runs the usual loop (forward with labels, backward, clip 1.0, AdamW, zero_grad)
 on batches prepared in advance. Both sides alternate in blocks, in one process, and the
-figure is the ratio of median tokens/s.
+figure is the ratio of median tokens/s. Both sides use the same number of torch threads.
 
     python bench/bench_train_throughput.py [--rounds 7] [--steps 20] [--profile]
 """
@@ -26,6 +26,7 @@ from lmforge.config import validate_config
 from lmforge.io import atomic_write_json
 from lmforge.model.hf import load_into_hf
 from lmforge.tokenizer.format import META, bin_path, idx_path, make_meta, split_record
+from lmforge.train.runtime import auto_threads
 from lmforge.train.trainer import Trainer
 
 WORK = Path(__file__).parent / "_work" / "throughput"
@@ -49,10 +50,11 @@ def token_dir() -> Path:
     return out
 
 
-def our_trainer(precision: str) -> Trainer:
+def our_trainer(precision: str, threads: int | None = None) -> Trainer:
     raw = {"run": {"dir": str(WORK / "run")}, "model": MODEL, "train": {
         "batch_size": BATCH, "block_size": BLOCK, "max_steps": 10**6, "warmup_steps": 10,
-        "lr": 1e-3, "precision": precision, "tensorboard": False, "peak_tflops": 1.0}}
+        "lr": 1e-3, "precision": precision, "tensorboard": False, "peak_tflops": 1.0,
+        "threads": threads or torch.get_num_threads()}}
     return Trainer(validate_config(raw), WORK / f"out-{precision}", token_dir())
 
 
@@ -112,7 +114,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--threads", type=int, help="both sides; default: what lmforge picks")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads or auto_threads())
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads; shapes "
           f"{yaml.safe_dump(MODEL, default_flow_style=True).strip()}, batch {BATCH} x {BLOCK}")
     results = {}

@@ -65,7 +65,12 @@ class Stage:
 
 
 # Run order; each entry is "module:attribute" of a Stage, imported only when the run needs it.
-STAGE_REFS = ("lmforge.data.stage:STAGE",)
+STAGE_REFS = (
+    "lmforge.data.stage:STAGE",
+    "lmforge.tokenizer.stage:TOKENIZER",
+    "lmforge.tokenizer.stage:TOKENIZE",
+    "lmforge.train.stage:STAGE",
+)
 
 
 def stages() -> list[Stage]:

@@ -1,0 +1,262 @@
+"""A Llama-style decoder: RMSNorm, RoPE, SwiGLU (or MoE), grouped-query attention via SDPA.
+
+Parameter names are Hugging Face Llama's (`model.layers.0.self_attn.q_proj.weight`, ...), so
+an export is a plain save. The forward pass is kept lean for small models where per-op
+overhead dominates: RoPE tables are built once, the causal mask comes from SDPA's
+`is_causal` (no mask tensor per step), and norms use the fused `F.rms_norm`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lmforge.model.config import ModelConfig
+from lmforge.model.kv_cache import KVCache
+from lmforge.model.moe import MoE
+
+EAGER_MAX_KEYS = 512
+
+
+class Output(NamedTuple):
+    logits: Tensor
+    loss: Tensor | None
+    aux_loss: Tensor | None
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        # bf16 queries/keys under autocast meet an fp32 weight: match it (a few elements)
+        weight = self.weight if self.weight.dtype == x.dtype else self.weight.to(x.dtype)
+        return F.rms_norm(x, self.weight.shape, weight, self.eps)
+
+
+def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[Tensor, Tensor]:
+    """cos and sin of shape (max_len, head_dim), in HF's half-split (rotate_half) layout."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim)
+    angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)
+    angles = torch.cat((angles, angles), dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate (B, T, H, D) queries or keys; cos/sin broadcast as (T, 1, D) or (B, T, 1, D)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+@functools.lru_cache(maxsize=8)
+def future_mask(t: int, device: torch.device) -> Tensor:
+    """(t, t) True above the diagonal: the positions a causal query must not see."""
+    return torch.ones(t, t, dtype=torch.bool, device=device).triu(1)
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool,
+              dropout: float) -> Tensor:
+    """Scaled dot-product attention over (B, H, T, D) queries and (B, H_kv, S, D) keys/values.
+
+    PyTorch's fused SDPA everywhere except bf16 on CPU with short keys: there its flash
+    kernel's backward is 3-4x slower than plain matmul-softmax-matmul (measured on AVX512-BF16
+    at T=64..256), so that case computes attention explicitly, softmax in fp32.
+    """
+    if q.device.type != "cpu" or q.dtype != torch.bfloat16 or k.size(-2) > EAGER_MAX_KEYS:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
+                                              dropout_p=dropout, enable_gqa=k.size(1) != q.size(1))
+    if k.size(1) != q.size(1):
+        k = k.repeat_interleave(q.size(1) // k.size(1), dim=1)
+        v = v.repeat_interleave(q.size(1) // v.size(1), dim=1)
+    scores = (q @ k.mT) * q.size(-1) ** -0.5
+    hidden = future_mask(q.size(-2), q.device) if is_causal else None if mask is None else ~mask
+    if hidden is not None:
+        scores = scores.masked_fill(hidden, float("-inf"))
+    probs = scores.softmax(dim=-1, dtype=torch.float32).to(q.dtype)
+    if dropout:
+        probs = F.dropout(probs, dropout)
+    return probs @ v
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
+        self.q_proj = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=False)
+        self.k_proj = nn.Linear(cfg.dim, cfg.kv_heads * cfg.head_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.dim, cfg.kv_heads * cfg.head_dim, bias=False)
+        self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+        self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+        self.dropout = cfg.dropout
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor | None,
+                is_causal: bool, cache: KVCache | None) -> Tensor:
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim)
+        k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = apply_rope(q, *rope).transpose(1, 2)
+        k = apply_rope(k, *rope).transpose(1, 2)
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, k, v)
+        y = attention(q, k, v, mask, is_causal, self.dropout if self.training else 0.0)
+        y = self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
+        return F.dropout(y, self.dropout, self.training) if self.dropout else y
+
+
+class MLP(nn.Module):
+    """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(dim, hidden, bias=False)
+        self.up_proj = nn.Linear(dim, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.self_attn = Attention(cfg, layer_idx)
+        self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.mlp = MoE(cfg, MLP) if cfg.moe.enabled else MLP(cfg.dim, cfg.hidden_dim)
+        self.dropout = cfg.dropout
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor | None,
+                is_causal: bool, cache: KVCache | None = None) -> Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), rope, mask, is_causal, cache)
+        y = self.mlp(self.post_attention_layernorm(x))
+        return x + (F.dropout(y, self.dropout, self.training) if self.dropout else y)
+
+
+class Decoder(nn.Module):
+    """Embeddings, blocks and the final norm: HF's `model.` prefix."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab, cfg.dim)
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+
+
+class Transformer(nn.Module):
+    """The causal language model. `forward` returns logits and, given targets, the loss."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.model = Decoder(cfg)
+        self.lm_head = nn.Linear(cfg.dim, cfg.vocab, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.moe_layers = [m for m in self.modules() if isinstance(m, MoE)]
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Normal(0, init_std) weights; the two residual projections scaled by 1/sqrt(2 L).
+
+        Also refills the RoPE tables, so a model built on the meta device (FSDP) and moved
+        with to_empty() is complete after this call."""
+        cos, sin = rope_tables(self.cfg.head_dim, self.cfg.max_seq_len, self.cfg.rope_theta)
+        self.rope_cos.copy_(cos)
+        self.rope_sin.copy_(sin)
+        std = self.cfg.init_std
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear | nn.Embedding):
+                scale = 1 / math.sqrt(2 * self.cfg.n_layers) if name.endswith(
+                    ("o_proj", "down_proj")) else 1.0
+                nn.init.normal_(module.weight, mean=0.0, std=std * scale)
+            elif isinstance(module, RMSNorm):
+                nn.init.ones_(module.weight)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        targets: Tensor | None = None,
+        *,
+        positions: Tensor | None = None,
+        doc_ids: Tensor | None = None,
+        cache: KVCache | None = None,
+        last_only: bool = False,
+    ) -> Output:
+        """input_ids (B, T). `positions`/`doc_ids` (B, T) come from packed batches and keep
+        attention inside each document; `cache` makes this a prefill or decode step."""
+        t = input_ids.size(1)
+        start = cache.length if cache is not None else 0
+        if start + t > self.cfg.max_seq_len:
+            raise ValueError(f"sequence of {start + t} tokens exceeds max_seq_len "
+                             f"{self.cfg.max_seq_len}")
+        rope = self._rope(start, t, positions)
+        mask, is_causal = self._mask(start, t, doc_ids)
+        x = self.model.embed_tokens(input_ids)
+        for block in self.model.layers:
+            x = block(x, rope, mask, is_causal, cache)
+        if cache is not None:
+            cache.advance(t)
+        x = self.model.norm(x)
+        if last_only:
+            x = x[:, -1:]
+        logits = self.lm_head(x)
+        if targets is None:
+            return Output(logits, None, None)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+        aux = None
+        if self.moe_layers:
+            aux = sum(m.aux_loss for m in self.moe_layers) / len(self.moe_layers)
+            loss = loss + self.cfg.moe.aux_loss_coef * aux
+        return Output(logits, loss, aux)
+
+    def _rope(self, start: int, t: int, positions: Tensor | None) -> tuple[Tensor, Tensor]:
+        dtype = self._compute_dtype()
+        if positions is None:
+            cos, sin = self.rope_cos[start:start + t], self.rope_sin[start:start + t]
+            return cos.to(dtype).unsqueeze(1), sin.to(dtype).unsqueeze(1)
+        return self.rope_cos[positions].to(dtype).unsqueeze(2), \
+            self.rope_sin[positions].to(dtype).unsqueeze(2)
+
+    def _compute_dtype(self) -> torch.dtype:
+        device = self.rope_cos.device.type
+        if torch.is_autocast_enabled(device):
+            return torch.get_autocast_dtype(device)
+        return self.model.embed_tokens.weight.dtype
+
+    def _mask(self, start: int, t: int, doc_ids: Tensor | None) -> tuple[Tensor | None, bool]:
+        """(mask, is_causal) for SDPA. The common cases need no mask tensor at all."""
+        window = self.cfg.sliding_window
+        needs_window = window is not None and start + t > window
+        if doc_ids is None and not needs_window:
+            return None, start == 0 and t > 1
+        device = self.rope_cos.device
+        q_pos = torch.arange(start, start + t, device=device)[:, None]
+        k_pos = torch.arange(start + t, device=device)[None, :]
+        mask = k_pos <= q_pos
+        if needs_window:
+            mask = mask & (k_pos > q_pos - window)
+        if doc_ids is not None:
+            if start:
+                raise ValueError("document masks are for training batches, not cached decoding")
+            mask = mask & (doc_ids[:, :, None] == doc_ids[:, None, :])
+            return mask.unsqueeze(1), False
+        return mask, False

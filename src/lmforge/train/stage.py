@@ -1,0 +1,77 @@
+"""The pretrain stage: token shards and tokenizer in, a trained model out.
+
+    RUN_DIR/pretrain/metrics.jsonl      train rows, eval rows, events
+    RUN_DIR/pretrain/checkpoints/       step_*.pt (last K) and best.pt
+    RUN_DIR/pretrain/model/             final weights (safetensors) + model_config.json
+    RUN_DIR/pretrain/tokenizer/         copy of the tokenizer, so the model dir is usable alone
+    RUN_DIR/pretrain/loss_curves.png    train/val loss and LR
+    RUN_DIR/pretrain/summary.json       final numbers (also in the manifest)
+    RUN_DIR/pretrain/tensorboard/       TensorBoard events
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from lmforge.config import Config
+from lmforge.pipeline import Stage, StageContext
+from lmforge.train.monitor import console
+
+# Display-only keys: changing them does not make a trained model stale.
+DISPLAY_KEYS = {"tensorboard", "plot", "sample_tokens", "sample_prompt", "threads"}
+OUTPUTS = ("checkpoints", "tensorboard", "model", "tokenizer", "metrics.jsonl",
+           "loss_curves.png", "summary.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def _depends_on(cfg: Config) -> dict[str, Any]:
+    return {"model": cfg.model.model_dump(mode="json"),
+            "train": cfg.train.model_dump(mode="json", exclude=DISPLAY_KEYS)}
+
+
+def clear_outputs(out_dir: Path) -> None:
+    """A fresh (not resumed) run starts from an empty stage directory."""
+    for name in OUTPUTS:
+        path = out_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def copy_tokenizer(tokenizer_dir: Path, out_dir: Path) -> None:
+    target = out_dir / "tokenizer"
+    target.mkdir(parents=True, exist_ok=True)
+    for name in TOKENIZER_FILES:
+        if (tokenizer_dir / name).is_file():
+            shutil.copyfile(tokenizer_dir / name, target / name)
+
+
+def run_pretrain(ctx: StageContext) -> dict[str, Any]:
+    from lmforge.train import checkpoint
+    from lmforge.train.trainer import Trainer
+
+    resume_from: Path | None = ctx.options.get("resume_from")
+    if ctx.resume and resume_from is None:
+        resume_from = checkpoint.latest(ctx.out_dir / "checkpoints")
+        if resume_from is None:
+            console.print("pretrain: --resume found no checkpoint; starting from scratch")
+    if resume_from is None:
+        clear_outputs(ctx.out_dir)
+    tokenizer_dir = ctx.inputs["tokenizer"]
+    copy_tokenizer(tokenizer_dir, ctx.out_dir)
+    trainer = Trainer(ctx.cfg, ctx.out_dir, ctx.inputs["tokenize"], tokenizer_dir)
+    return trainer.fit(resume_from)
+
+
+STAGE = Stage(
+    name="pretrain",
+    inputs=("tokenizer", "tokenize"),
+    sections=("model", "train"),
+    run=run_pretrain,
+    describe="train the Llama-style model on the token shards (resumable, spike-safe)",
+    excluded=("checkpoints", "tensorboard"),
+    config_fn=_depends_on,
+)
