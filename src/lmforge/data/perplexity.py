@@ -2,9 +2,10 @@
 
 `load_scorer(spec)` picks a backend by what the spec looks like and returns an object with
 `score(texts) -> float32 perplexities` (lower = closer to the model's training text). The
-KenLM backend reads .arpa, .bin, .binary and .klm files. Another backend (an lmforge
-checkpoint, once the model stage exists) registers itself with `register_backend`; the
-data stage never needs to know which one it got.
+KenLM backend reads .arpa, .bin, .binary and .klm files; the lmforge backend
+(perplexity_model.py) takes a run directory, checkpoint, model directory or HF export. Other
+backends register themselves with `register_backend`; the data stage never needs to know
+which one it got.
 
 KenLM sees the text the way `kenlm_sentences` writes it, and a model must be trained on
 text prepared the same way (run your training corpus through `kenlm_sentences`, then
@@ -106,5 +107,27 @@ register_backend(
         describes="a KenLM model file (" + ", ".join(KENLM_SUFFIXES) + ")",
         matches=lambda spec: spec.lower().endswith(KENLM_SUFFIXES),
         load=KenLMScorer,
+    )
+)
+
+
+def _load_model_scorer(spec: str) -> PerplexityScorer:
+    from lmforge.data.perplexity_model import ModelScorer
+
+    return ModelScorer(spec)
+
+
+def _is_model(spec: str) -> bool:
+    from lmforge.data.perplexity_model import looks_like_model
+
+    return looks_like_model(spec)
+
+
+register_backend(
+    Backend(
+        name="lmforge",
+        describes="an lmforge run directory, checkpoint (.pt), model directory or HF export",
+        matches=_is_model,
+        load=_load_model_scorer,
     )
 )
