@@ -183,3 +183,16 @@ def test_builtin_python_docs_has_stable_ids_and_natural_duplicates():
     texts = [d.text for d in docs]
     assert len(texts) - len(set(texts)) > 100  # re-exported objects share their docs
     assert ids == [d.id for d in read_all([SourceConfig(path="builtin:python-docs")])]
+
+
+def test_separated_text_quarantines_an_oversized_piece_and_goes_on(tmp_path):
+    path = tmp_path / "book.txt"
+    path.write_bytes(b"first piece\n\n" + b"x" * (3 * MB) + b"\n\nlast piece\n")
+    for max_line in (1000, 2 * MB):  # cut inside one read, and across several reads
+        records = read_all(
+            [SourceConfig(path=str(path), separator="\n\n")], max_line_bytes=max_line
+        )
+        assert [type(r).__name__ for r in records] == ["Doc", "Drop", "Doc"]
+        assert records[1].reason == "line_too_long" and records[1].location.endswith(":3")
+        assert [records[0].text, records[2].text] == ["first piece", "last piece"]
+        assert records[2].location.endswith(":5")

@@ -271,6 +271,14 @@ class ShardReader:
         shown = raw if len(raw) <= SHOWN_CHARS else raw[:SHOWN_CHARS] + f"... [{len(raw)} chars]"
         return Drop(doc_id, shown, self.shard.source, location, "read", reason, detail)
 
+    def decoded(self, raw: bytes, location: str) -> str | Drop:
+        """The UTF-8 text, or the Drop saying where the bytes are invalid."""
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            detail = f"invalid UTF-8 at byte {e.start}"
+            return self.reject(location, "undecodable", detail, raw.decode("utf-8", "replace"))
+
     def make_doc(self, record: dict, location: str, fallback_id: str) -> Doc | Drop:
         """A Doc from a parsed record, or the Drop saying what is wrong with it."""
         shard = self.shard
@@ -368,11 +376,9 @@ class ShardReader:
                 raw = line[:SHOWN_CHARS].decode("utf-8", "replace")
                 yield self.reject(location, "line_too_long", f"longer than {limit}", raw)
                 continue
-            try:
-                text = line.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raw = line.decode("utf-8", "replace")
-                yield self.reject(location, "undecodable", f"invalid UTF-8 at byte {e.start}", raw)
+            text = self.decoded(line, location)
+            if isinstance(text, Drop):
+                yield text
                 continue
             if not text.strip():
                 yield self.reject(location, "blank_line", "an empty line in a JSONL file")
@@ -399,23 +405,19 @@ class ShardReader:
                 "set the source's separator to split it",
             )
             return
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as e:
-            yield self.reject(
-                location,
-                "undecodable",
-                f"invalid UTF-8 at byte {e.start}",
-                data.decode("utf-8", "replace"),
-            )
-            return
-        yield self.make_doc({"text": text}, location, self.shard.id_prefix)
+        text = self.decoded(data, location)
+        yield (
+            text
+            if isinstance(text, Drop)
+            else self.make_doc({"text": text}, location, self.shard.id_prefix)
+        )
 
     def _separated(self, f) -> Iterator[Doc | Drop]:
         """Documents between occurrences of the separator; blank pieces are separators too."""
         sep = self.shard.separator.encode("utf-8")  # type: ignore[union-attr]
         budget = -1 if self.shard.end < 0 else self.shard.end - self.shard.start
         used, line_no, buf = 0, self.shard.first_line, b""
+        skipping = False  # inside a piece already quarantined as too long
         while True:
             want = 1 << 20 if budget < 0 else min(1 << 20, budget - used)
             chunk = f.read(want) if want > 0 else b""
@@ -424,17 +426,22 @@ class ShardReader:
             pieces = buf.split(sep)
             buf = pieces.pop() if chunk else b""
             for piece in pieces:
-                yield from self._piece(piece, line_no)
+                if not skipping:
+                    yield from self._piece(piece, line_no)
+                skipping = False
                 line_no += piece.count(b"\n") + sep.count(b"\n")
             self.bytes_done = used
             if not chunk:
                 return
             if len(buf) > self.max_line_bytes:
-                yield self.reject(
-                    f"{self.shard.path}:{line_no}",
-                    "line_too_long",
-                    f"a piece longer than data.max_line_mb={self.max_line_bytes / 2**20:g}",
-                )
+                if not skipping:
+                    limit = f"data.max_line_mb={self.max_line_bytes / 2**20:g}"
+                    raw = buf[:SHOWN_CHARS].decode("utf-8", "replace")
+                    location = f"{self.shard.path}:{line_no}"
+                    yield self.reject(
+                        location, "line_too_long", f"a piece longer than {limit}", raw
+                    )
+                skipping = True
                 line_no += buf.count(b"\n")
                 buf = b""
 
@@ -444,15 +451,14 @@ class ShardReader:
         lead = len(piece) - len(piece.lstrip(b"\r\n"))
         start_line = line_no + piece[:lead].count(b"\n")
         location = f"{self.shard.path}:{start_line}"
-        try:
-            text = piece.decode("utf-8")
-        except UnicodeDecodeError as e:
-            yield self.reject(
-                location,
-                "undecodable",
-                f"invalid UTF-8 at byte {e.start}",
-                piece.decode("utf-8", "replace"),
-            )
+        if len(piece) > self.max_line_bytes:
+            limit = f"data.max_line_mb={self.max_line_bytes / 2**20:g}"
+            raw = piece[:SHOWN_CHARS].decode("utf-8", "replace")
+            yield self.reject(location, "line_too_long", f"a piece longer than {limit}", raw)
+            return
+        text = self.decoded(piece, location)
+        if isinstance(text, Drop):
+            yield text
             return
         yield self.make_doc(
             {"text": text.strip("\r\n")}, location, f"{self.shard.id_prefix}:{start_line}"
