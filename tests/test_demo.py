@@ -14,16 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_demo_pipeline_end_to_end(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(ROOT)  # the demo config names files relative to the project root
-    args = [
-        "run",
-        "-c",
-        "configs/demo.yaml",
-        f"--run.dir={tmp_path}",
-        "--train.max_steps=60",
-        "--train.eval_every=30",
-        "--train.ckpt_every=30",
-        "--tokenizer.vocab_size=2048",
-    ]
+    args = ["run", "-c", "configs/demo.yaml", f"--run.dir={tmp_path}", "--train.max_steps=60"]
+    args += ["--train.eval_every=30", "--train.ckpt_every=30", "--tokenizer.vocab_size=2048"]
     assert main(args) == 0
     stats = json.loads((tmp_path / "data" / "stats.json").read_text())
     assert stats["dedup"]["exact_removed"] > 100 and stats["dedup"]["near_removed"] > 10
@@ -36,20 +28,6 @@ def test_demo_pipeline_end_to_end(tmp_path, monkeypatch, capsys):
     assert final < baseline - 0.5  # clearly better than predicting token frequencies
     assert capsys.readouterr().out.strip()  # the sample
 
-    assert (
-        main(
-            [
-                "run",
-                "-c",
-                "configs/demo.yaml",
-                f"--run.dir={tmp_path}",
-                "--train.max_steps=60",
-                "--train.eval_every=30",
-                "--train.ckpt_every=30",
-                "--tokenizer.vocab_size=2048",
-            ]
-        )
-        == 0
-    )
+    assert main(args) == 0
     err = capsys.readouterr().err
     assert all(f"{s}: up to date, skipped" in err for s in ("data", "tokenizer", "pretrain"))
