@@ -11,7 +11,8 @@ import zstandard
 
 from lmforge.data.config import SourceConfig
 from lmforge.data.document import Doc, Drop
-from lmforge.data.readers import ShardReader, plan_shards
+from lmforge.data.plan import plan_shards
+from lmforge.data.readers import ShardReader
 from lmforge.errors import UserError
 
 MB = 1024 * 1024

@@ -21,8 +21,8 @@ import pyarrow.parquet as pq
 
 from lmforge.data import layout
 from lmforge.data.config import GLOBAL_STEPS, DataConfig
+from lmforge.data.plan import Shard
 from lmforge.data.process import resolve_bands
-from lmforge.data.readers import Shard
 from lmforge.data.split import DROPPED, Cuts, assign_splits, decontaminate
 from lmforge.data.stats import Stats
 from lmforge.data.table import Table, load_table, near_pairs, verification_threshold

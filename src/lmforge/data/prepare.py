@@ -22,8 +22,8 @@ from lmforge.data import builtin, layout
 from lmforge.data.config import DataConfig
 from lmforge.data.decide import decide
 from lmforge.data.executor import LocalExecutor
+from lmforge.data.plan import Shard, plan_shards
 from lmforge.data.process import ShardTask, features_for, process_shard
-from lmforge.data.readers import Shard, plan_shards
 from lmforge.data.stats import Stats
 from lmforge.data.write import WriteTask, write_shard
 from lmforge.errors import UserError

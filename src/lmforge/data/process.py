@@ -20,7 +20,8 @@ import numpy as np
 from lmforge.data import executor, layout
 from lmforge.data.config import DataConfig
 from lmforge.data.document import Doc, Drop
-from lmforge.data.readers import Shard, ShardReader
+from lmforge.data.plan import Shard
+from lmforge.data.readers import ShardReader
 from lmforge.data.stats import Stats
 from lmforge.io import atomic_path, atomic_write_json, read_json, sha256_json
 

@@ -6,8 +6,8 @@ from typing import Any
 
 from lmforge.config import Config
 from lmforge.data import layout
+from lmforge.data.plan import plan_shards
 from lmforge.data.prepare import input_files, prepare, semantic_config
-from lmforge.data.readers import plan_shards
 from lmforge.pipeline import Stage, StageContext
 
 

@@ -21,8 +21,8 @@ import pyarrow.parquet as pq
 
 from lmforge.data import layout
 from lmforge.data.config import DataConfig
+from lmforge.data.plan import Shard
 from lmforge.data.process import needs_signatures, resolve_bands
-from lmforge.data.readers import Shard
 
 
 class ShardedRows:

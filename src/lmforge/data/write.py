@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from lmforge.data import executor, layout
 from lmforge.data.decide import decision_file
-from lmforge.data.readers import Shard
+from lmforge.data.plan import Shard
 from lmforge.data.stats import Stats
 from lmforge.io import atomic_write_json, read_json
 
