@@ -110,7 +110,9 @@ def test_grad_accumulation_matches_one_big_batch(run_dir: Path, tmp_path: Path) 
     (loss_a, norm_a, w_a), (loss_b, norm_b, w_b) = results
     assert loss_a == pytest.approx(loss_b, rel=1e-5)
     assert norm_a == pytest.approx(norm_b, rel=1e-4)
-    torch.testing.assert_close(w_a, w_b, rtol=1e-5, atol=1e-6)
+    # Adam's first step moves each weight by about lr * g / |g|: a gradient near zero turns
+    # summation-order noise into a visible difference, so allow 1% of an lr-sized update
+    torch.testing.assert_close(w_a, w_b, rtol=1e-5, atol=1e-2 * trainer.tcfg.lr)
 
 
 def test_tiny_run_learns_and_writes_its_outputs(run_dir: Path, tmp_path: Path) -> None:
