@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from lmforge.serve.artifacts import load_served_model
 from lmforge.serve.config import EngineConfig
 from lmforge.serve.engine import ContextLengthError, Engine, QueueFull
 from lmforge.serve.runner import Runner
-from lmforge.serve.sampling import Sampler, SamplerState, SamplingParams
+from lmforge.serve.sampling import Sampler, SamplingParams
 from lmforge.serve.scheduler import Scheduler
 from lmforge.serve.textstream import TextStream
 from lmforge.train import checkpoint
@@ -33,10 +34,18 @@ def served(tmp_path_factory):
     return load_served_model(make_model_dir(tmp_path_factory.mktemp("engine")))
 
 
-def make_engine(served, dtype=torch.float32, **cfg) -> Engine:
+def make_engine(served, dtype=torch.float32, metrics=None, **cfg) -> Engine:
     tok = served.tokenizer
-    return Engine(served.model, tok.decode, EngineConfig(**cfg), dtype=dtype,
-                  stop_token_ids=tok.stop_ids(["<|end|>"])).start()
+    return Engine(served.model, tok.decode, EngineConfig(threads=1, **cfg), dtype=dtype,
+                  stop_token_ids=tok.stop_ids(["<|end|>"]), metrics=metrics).start()
+
+
+@pytest.fixture(scope="module")
+def engine(served):
+    """One engine (its own process) shared by the tests that need no special settings."""
+    engine = make_engine(served, max_batch=8)
+    yield engine
+    engine.stop()
 
 
 def reference_greedy(model: Transformer, prompt: list[int], n: int, stop: set[int]) -> list[int]:
@@ -62,26 +71,32 @@ def test_runner_logits_match_the_model(overrides: dict, dtype: torch.dtype, tol:
     reference = model.to(dtype)
     runner = Runner(model, slots=4, dtype=dtype, device=torch.device("cpu"))
     seqs = [torch.randint(0, 37, (n,)).tolist() for n in (7, 3, 12)]
-    for slot, seq in enumerate(seqs):
-        runner.prefill(slot, seq)
-    worst = 0.0
+
+    def worst_error(logits: torch.Tensor) -> float:
+        with torch.no_grad():
+            refs = [reference(torch.tensor([seq])).logits[0, -1].float() for seq in seqs]
+        return max((row.float() - ref).abs().max().item()
+                   for row, ref in zip(logits, refs, strict=True))
+
+    worst = worst_error(runner.prefill([2, 0, 1], seqs))  # packed into one forward pass
     for _ in range(12):  # slot 3 stays idle: a dummy row in every decode batch
         new = torch.randint(0, 37, (3,)).tolist()
         positions = [len(s) for s in seqs]
         for seq, token in zip(seqs, new, strict=True):
             seq.append(token)
-        logits = runner.decode([*new, 0], [*positions, 0])
-        for row, seq in enumerate(seqs):
-            with torch.no_grad():
-                ref = reference(torch.tensor([seq])).logits[0, -1].float()
-            worst = max(worst, (logits[row].float() - ref).abs().max().item())
+        order = [1, 2, 0]  # slot -> sequence (the packed prefill put seqs[0] in slot 2)
+        logits = runner.decode(torch.tensor([new[i] for i in order] + [0]),
+                               torch.tensor([positions[i] for i in order] + [0]),
+                               max(positions) + 1)
+        worst = max(worst, worst_error(logits[[2, 0, 1]]))
     assert worst < tol
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_engine_greedy_equals_training_forward(served, dtype: torch.dtype) -> None:
+def test_engine_greedy_equals_training_forward(served, engine, dtype: torch.dtype) -> None:
     tok = served.tokenizer
-    engine = make_engine(served, dtype=dtype, max_batch=4)
+    if dtype != torch.float32:
+        engine = make_engine(served, dtype=dtype, max_batch=4)
     reference = Transformer(served.model.cfg).to(dtype).eval()
     reference.load_state_dict(served.model.state_dict())
     stop = set(engine.stop_token_ids)
@@ -92,51 +107,56 @@ def test_engine_greedy_equals_training_forward(served, dtype: torch.dtype) -> No
             assert out.token_ids == reference_greedy(reference, prompt, 60, stop)
             assert out.text == DIALOGUES[user] and out.finish_reason == "stop"
     finally:
-        engine.stop()
+        if dtype != torch.float32:
+            engine.stop()
 
 
-def test_seeded_output_does_not_depend_on_the_batch(served) -> None:
-    engine = make_engine(served, max_batch=8)
+def test_seeded_output_does_not_depend_on_the_batch(served, engine) -> None:
     prompt = served.tokenizer.encode("where is")
     params = dict(max_tokens=40, temperature=2.0, top_p=0.98, ignore_eos=True)
-    try:
-        alone = engine.complete(prompt, SamplingParams(seed=11, **params)).text
-        results: dict[int, str] = {}
+    alone = engine.complete(prompt, SamplingParams(seed=11, **params)).text
+    greedy = engine.complete(prompt, SamplingParams(max_tokens=40, temperature=0)).text
+    results: dict[int, str] = {}
 
-        def run(seed: int) -> None:
-            results[seed] = engine.complete(prompt, SamplingParams(seed=seed, **params)).text
+    def run(seed: int) -> None:
+        results[seed] = engine.complete(prompt, SamplingParams(seed=seed, **params)).text
 
-        threads = [threading.Thread(target=run, args=(seed,)) for seed in range(5, 17)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        engine.stop()
+    threads = [threading.Thread(target=run, args=(seed,)) for seed in range(5, 17)]
+    requests = [engine.submit(prompt, SamplingParams(max_tokens=40, temperature=0))
+                for _ in range(3)]  # greedy rows in the same batches as the sampled ones
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     assert results[11] == alone
     assert len(set(results.values())) > 6  # different seeds, different samples
+    assert [engine.wait(r).text for r in requests] == [greedy] * 3
+
+
+class Steps:
+    """An engine observer that keeps what the core reported after each step."""
+
+    def __init__(self) -> None:
+        self.running: list[int] = []
+        self.tokens = 0
+
+    def step(self, running: int, waiting: int, tokens: int) -> None:
+        self.running.append(running)
+        self.tokens += tokens
+
+    def first_token(self, seconds: float) -> None:
+        pass
+
+    def finished(self, seconds: float, reason: str) -> None:
+        pass
 
 
 def test_requests_join_and_leave_the_running_batch(served) -> None:
-    class Steps:
-        def __init__(self) -> None:
-            self.running: list[int] = []
-
-        def step(self, running: int, waiting: int, tokens: int) -> None:
-            self.running.append(running)
-
-        def first_token(self, seconds: float) -> None:
-            pass
-
-        def finished(self, seconds: float, reason: str) -> None:
-            pass
-
     steps = Steps()
-    tok = served.tokenizer
-    engine = Engine(served.model, tok.decode, EngineConfig(max_batch=4), metrics=steps).start()
-    prompt = tok.encode("the quick")
+    engine = make_engine(served, max_batch=4, metrics=steps)
+    prompt = served.tokenizer.encode("the quick")
     try:
-        long = engine.generate(prompt, SamplingParams(max_tokens=60, temperature=0,
+        long = engine.generate(prompt, SamplingParams(max_tokens=110, temperature=0,
                                                       ignore_eos=True))
         for _ in range(5):
             next(long)  # the long request is running
@@ -145,71 +165,66 @@ def test_requests_join_and_leave_the_running_batch(served) -> None:
         rest = list(long)
     finally:
         engine.stop()
-    assert short.completion_tokens == 5 and rest[-1].completion_tokens == 60
+    assert short.completion_tokens == 5 and rest[-1].completion_tokens == 110
     assert 2 in steps.running  # the short one joined mid-flight ...
     assert steps.running[-1] == 0 and steps.running.index(2) > 0  # ... and both left
     assert steps.running.count(2) >= 3  # prefill + 4 decode steps, the last one alone
 
 
-def test_stop_strings_max_tokens_and_logprobs(served) -> None:
-    engine = make_engine(served, max_batch=2)
+def test_stop_strings_max_tokens_and_logprobs(served, engine) -> None:
     prompt = served.tokenizer.encode("the quick brown")
-    try:
-        stopped = engine.complete(prompt, SamplingParams(max_tokens=50, temperature=0,
-                                                         stop=("lazy", "zzz")))
-        capped = engine.complete(prompt, SamplingParams(max_tokens=7, temperature=0,
-                                                        logprobs=3))
-    finally:
-        engine.stop()
+    stopped = engine.complete(prompt, SamplingParams(max_tokens=50, temperature=0,
+                                                     stop=("lazy", "zzz")))
+    capped = engine.complete(prompt, SamplingParams(max_tokens=7, temperature=0,
+                                                    logprobs=3))
     assert stopped.text == " fox jumps over the " and stopped.finish_reason == "stop"
     assert capped.text == " fox ju" and capped.finish_reason == "length"
     assert len(capped.logprobs) == 7 and all(len(lp.top) == 3 for lp in capped.logprobs)
     assert all(lp.token_id == lp.top[0][0] and lp.logprob <= 0 for lp in capped.logprobs)
 
 
-def test_context_is_checked_or_the_prompt_truncated(served) -> None:
-    engine = make_engine(served)
+def test_context_is_checked_or_the_prompt_truncated(served, engine) -> None:
     context = engine.context
+    with pytest.raises(ContextLengthError, match="maximum context length is 128"):
+        engine.fit(list(range(10)) * 13, None)
+    with pytest.raises(ContextLengthError, match="reduce max_tokens to 118"):
+        engine.fit(list(range(10)), 200)
+    with pytest.raises(ContextLengthError, match="empty"):
+        engine.fit([], 5)
+    kept, room = engine.fit(list(range(200)), None, truncate=100)
+    assert kept == list(range(100, 200)) and room == context - 100
+    prompt = served.tokenizer.encode("the quick brown fox " * 5)
+    ids, n = engine.fit(prompt, 8)
+    out = engine.complete(ids, SamplingParams(max_tokens=n, temperature=0, ignore_eos=True))
+    assert out.completion_tokens == 8
+
+
+def test_queue_limit_abort_and_a_dead_core(served) -> None:
+    steps = Steps()
+    engine = make_engine(served, max_batch=1, max_queue=1, metrics=steps)
+    params = SamplingParams(max_tokens=120, temperature=0, ignore_eos=True)
+    prompt = served.tokenizer.encode("the")
     try:
-        with pytest.raises(ContextLengthError, match="maximum context length is 128"):
-            engine.fit(list(range(10)) * 13, None)
-        with pytest.raises(ContextLengthError, match="reduce max_tokens to 118"):
-            engine.fit(list(range(10)), 200)
-        with pytest.raises(ContextLengthError, match="empty"):
-            engine.fit([], 5)
-        kept, room = engine.fit(list(range(200)), None, truncate=100)
-        assert kept == list(range(100, 200)) and room == context - 100
-        prompt = served.tokenizer.encode("the quick brown fox " * 5)
-        out = engine.complete(*_fit(engine, prompt, 8))
-        assert out.completion_tokens == 8
+        first = engine.submit(prompt, params)  # takes the slot
+        second = engine.submit(prompt, params)  # waits
+        with pytest.raises(QueueFull):
+            engine.submit(prompt, params)
+        engine.abort(first)
+        engine.abort(second)
+        engine.abort(second)  # twice: still fine
+        short = engine.complete(prompt, SamplingParams(max_tokens=3, temperature=0,
+                                                       ignore_eos=True))
+        assert short.completion_tokens == 3 and short.finish_reason == "length"
+        assert steps.tokens < 200  # the waiting one never ran (2 x 120 + 3 otherwise)
+        running = engine.follow(engine.submit(prompt, params))
+        assert next(running).completion_tokens >= 1
+        os.kill(engine.pid, signal.SIGKILL)  # the core dies (say, the OOM killer)
+        deltas = list(running)
+        assert deltas[-1].finish_reason == "error" and "died" in deltas[-1].error
+        after = engine.complete(prompt, params)  # new requests fail at once, never hang
+        assert after.finish_reason == "error" and "died" in after.error
     finally:
         engine.stop()
-
-
-def _fit(engine: Engine, prompt: list[int], max_tokens: int):
-    ids, n = engine.fit(prompt, max_tokens)
-    return ids, SamplingParams(max_tokens=n, temperature=0, ignore_eos=True)
-
-
-def test_queue_limit_and_abort(served) -> None:
-    tok = served.tokenizer
-    engine = Engine(served.model, tok.decode, EngineConfig(max_batch=1, max_queue=1))
-    params = SamplingParams(max_tokens=100, temperature=0, ignore_eos=True)
-    prompt = tok.encode("the")
-    first = engine.submit(prompt, params)  # takes the free slot at the first step
-    second = engine.submit(prompt, params)  # waits
-    with pytest.raises(QueueFull):
-        engine.submit(prompt, params)
-    engine.start()
-    engine.abort(first)
-    engine.abort(second)
-    deadline = time.monotonic() + 10
-    while (engine.running or engine.waiting) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert engine.running == 0 and engine.waiting == 0  # both slots given back
-    short = engine.complete(prompt, SamplingParams(max_tokens=3, temperature=0, ignore_eos=True))
-    engine.stop()
-    assert short.completion_tokens == 3
 
 
 def test_scheduler_prefill_budget_and_lowest_free_slot() -> None:
@@ -217,7 +232,7 @@ def test_scheduler_prefill_budget_and_lowest_free_slot() -> None:
         def __init__(self, n: int) -> None:
             self.prompt_len, self.slot = n, -1
 
-    sched: Scheduler[Seq] = Scheduler(slots=3, max_queue=10, max_prefill_tokens=100)
+    sched: Scheduler[Seq] = Scheduler(slots=3, max_prefill_tokens=100)
     a, b, c, d = Seq(60), Seq(60), Seq(500), Seq(10)
     for s in (a, b, c, d):
         sched.add(s)
@@ -233,26 +248,36 @@ def test_scheduler_prefill_budget_and_lowest_free_slot() -> None:
 def test_sampler_penalties_filters_and_distribution() -> None:
     sampler = Sampler(slots=2, vocab=4, device=torch.device("cpu"))
     logits = torch.tensor([[2.0, 1.0, -1.0, 0.5]])
-    rep = SamplerState.create(SamplingParams(max_tokens=1, temperature=0,
-                                             repetition_penalty=4.0), slot=0)
-    sampler.start(rep, prompt=[0])
-    assert sampler.sample(logits, [0], [rep])[0] == [1]  # 2.0/4 < 1.0: token 0 loses
-    freq = SamplerState.create(SamplingParams(max_tokens=1, temperature=0,
-                                              frequency_penalty=0.6), slot=1)
-    sampler.start(freq, prompt=[3])
-    sampler.observe([freq, freq], [0, 0])  # token 0 generated twice: 2.0 - 1.2 < 1.0
-    assert sampler.sample(logits, [0], [freq])[0] == [1]
-    top1 = SamplerState.create(SamplingParams(max_tokens=1, top_k=1, seed=0), slot=0)
-    tiny_p = SamplerState.create(SamplingParams(max_tokens=1, top_p=0.01, seed=0), slot=1)
+
+    def start(slot: int, prompt: list[int], **params) -> None:
+        sampler.add([slot], [SamplingParams(max_tokens=1, **params)], [prompt])
+
+    def draw(slot: int) -> int:
+        return sampler.sample(logits, [slot])[0].item()
+
+    start(0, [0], temperature=0, repetition_penalty=4.0)
+    assert draw(0) == 1  # 2.0/4 < 1.0: token 0 loses
+    start(1, [3], temperature=0, frequency_penalty=0.6)
+    assert draw(1) == 0  # the first pick counts against token 0 ...
+    assert draw(1) == 0  # 2.0 - 0.6 > 1.0
+    assert draw(1) == 1  # ... twice: 2.0 - 1.2 < 1.0
+    start(0, [], top_k=1, seed=0)
+    start(1, [], top_p=0.01, seed=0)
     for _ in range(20):
-        assert sampler.sample(logits.repeat(2, 1), [0, 1], [top1, tiny_p])[0] == [0, 0]
-    free = SamplerState.create(SamplingParams(max_tokens=1, temperature=1.0, seed=3), slot=0)
-    draws = [sampler.sample(logits, [0], [free])[0][0] for _ in range(4000)]
+        assert sampler.sample(logits.repeat(2, 1))[0].tolist() == [0, 0]
+    start(0, [], temperature=1.0, seed=3)
+    sampler.remove(1)  # an idle row: sampled along, ignored
+    draws = [sampler.sample(logits.repeat(2, 1))[0][0].item() for _ in range(4000)]
     freqs = torch.bincount(torch.tensor(draws), minlength=4).float() / len(draws)
     assert torch.allclose(freqs, logits.softmax(-1)[0], atol=0.03)
-    low_p = SamplerState.create(SamplingParams(max_tokens=1, top_p=0.8, seed=5), slot=0)
-    kept = {sampler.sample(logits, [0], [low_p])[0][0] for _ in range(300)}
-    assert kept == {0, 1}  # p(0)+p(1) = 0.81 covers top_p=0.8; tokens 2 and 3 never
+    start(0, [], top_p=0.8, seed=5)
+    assert {draw(0) for _ in range(300)} == {0, 1}  # p(0)+p(1) = 0.81 covers top_p=0.8
+    start(0, [], temperature=1.0, seed=7, logprobs=2)
+    start(1, [], temperature=0)
+    tokens, logprobs = sampler.sample(logits.repeat(2, 1))
+    assert logprobs[1] is None and logprobs[0].token_id == tokens[0].item()
+    assert [t for t, _ in logprobs[0].top] == [0, 1]
+    assert logprobs[0].top[0][1] == pytest.approx(logits.log_softmax(-1)[0, 0].item())
 
 
 def test_text_stream_whole_characters_and_stop_strings() -> None:
@@ -291,7 +316,9 @@ def test_artifacts_load_a_run_dir_checkpoint_and_hf_export(tmp_path: Path, serve
     for path in (run, export):
         loaded = load_served_model(path)
         engine = make_engine(loaded, max_batch=1)
-        text = engine.complete(prompt, SamplingParams(max_tokens=12, temperature=0)).text
-        engine.stop()
+        try:
+            text = engine.complete(prompt, SamplingParams(max_tokens=12, temperature=0)).text
+        finally:
+            engine.stop()
         expected = expected or text
         assert text == expected == " fox jumps o"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from collections import Counter
 from pathlib import Path
@@ -115,26 +117,19 @@ def test_failing_variant_falls_back_to_the_primary(server) -> None:
     candidate = group.arms[1]
     users = [u for u in (f"f{i}" for i in range(50)) if group.pick(u) is candidate][:3]
 
-    def broken(*_args, **_kwargs):
-        raise RuntimeError("weights went missing")
-
-    runner = candidate.engine.runner
-    original = runner.prefill
-    runner.prefill = broken
-    try:
-        streamed = httpx.post(url + "/v1/chat/completions", json={
-            "model": "tiny", "user": users[0], "temperature": 0, "stream": True,
-            "messages": [{"role": "user", "content": "hello"}]}).text
-        assert streamed.endswith("data: [DONE]\n\n")
-        assert sse_text(streamed) == "hi there, how can I help?"
-        reply = ask(url, users[1])
-        assert reply.status_code == 200
-        assert reply.json()["choices"][0]["message"]["content"] == "hi there, how can I help?"
-        assert group.pick(users[2]) is group.primary  # two failures: taken out
-        state = httpx.get(url + "/admin/variants").json()["data"][0]["variants"]
-        assert state[1]["out_for_s"] > 50
-    finally:
-        runner.prefill = original
+    os.kill(candidate.engine.pid, signal.SIGKILL)  # its engine process dies
+    streamed = httpx.post(url + "/v1/chat/completions", json={
+        "model": "tiny", "user": users[0], "temperature": 0, "stream": True,
+        "messages": [{"role": "user", "content": "hello"}]}).text
+    assert streamed.endswith("data: [DONE]\n\n")
+    assert sse_text(streamed) == "hi there, how can I help?"
+    reply = ask(url, users[1])
+    assert reply.status_code == 200
+    assert reply.json()["choices"][0]["message"]["content"] == "hi there, how can I help?"
+    assert group.pick(users[2]) is group.primary  # two failures: taken out
+    state = httpx.get(url + "/admin/variants").json()["data"][0]["variants"]
+    assert state[1]["out_for_s"] > 50
+    assert httpx.get(url + "/ready").status_code == 200  # the primary still serves
     metrics = httpx.get(url + "/metrics").text
     assert 'lmforge_fallbacks_total{model="tiny",variant="candidate"} 2.0' in metrics
 

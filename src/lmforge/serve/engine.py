@@ -1,14 +1,17 @@
-"""The inference engine: one thread that prefills, decodes and samples for every request.
+"""The inference engine as the server sees it: submit requests, receive text deltas.
 
-    engine = Engine(model, tokenizer, EngineConfig(max_batch=16))
-    engine.start()
+    engine = Engine(model, tokenizer.decode, EngineConfig(max_batch=16)).start()
     async for delta in engine.stream(prompt_ids, SamplingParams(max_tokens=64)): ...
 
-Requests join the running batch and leave it at step boundaries (see `scheduler`); each
-step decodes one token for every running sequence in a single forward pass (see `runner`)
-and hands each consumer its text delta. Consumers on an asyncio loop get one wake-up per
-step for all their requests; a consumer that goes away (a disconnected client) aborts its
-request, which frees the slot at the next step.
+The forward passes run in the engine core, a process of its own (see `core`). This side
+keeps what belongs to each request: the queue limit (a full queue raises QueueFull before
+anything is sent), the token-to-text stream with its stop strings (see `textstream`), and
+the consumer the deltas go to. One reader thread takes the core's per-step messages and
+turns them into deltas; consumers on an asyncio loop get one wake-up per step for all their
+requests (see `_Mailbox`), and what piled up meanwhile is merged into one delta. A consumer
+that goes away (a disconnected client) aborts its request, which frees its slot at the
+core's next step. If the core process dies, every request in flight ends with an error and
+new ones fail at once.
 """
 
 from __future__ import annotations
@@ -16,24 +19,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import os
+import logging
+import multiprocessing
 import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 
 from lmforge.model.llama import Transformer
 from lmforge.serve.config import EngineConfig
-from lmforge.serve.runner import Runner
-from lmforge.serve.sampling import Sampler, SamplerState, SamplingParams, TokenLogprob
-from lmforge.serve.scheduler import QueueFull, Scheduler
+from lmforge.serve.core import Output, Stats, run_core
+from lmforge.serve.sampling import SamplingParams, TokenLogprob
 from lmforge.serve.textstream import TextStream
 
-__all__ = ["ContextLengthError", "Delta", "Engine", "EngineStopped", "QueueFull"]
+__all__ = ["ContextLengthError", "Delta", "Engine", "EngineRequest", "EngineStopped", "QueueFull"]
+log = logging.getLogger("lmforge.serve")
+START_TIMEOUT_S = 300.0
 
 
 class ContextLengthError(ValueError):
@@ -42,6 +47,10 @@ class ContextLengthError(ValueError):
 
 class EngineStopped(RuntimeError):
     """The engine is shutting down and takes no new requests."""
+
+
+class QueueFull(Exception):
+    """The waiting queue is at its limit."""
 
 
 @dataclass
@@ -79,91 +88,127 @@ class _NoMetrics:
         pass
 
 
-class _Sink:
-    """Where a request's deltas go: an asyncio queue on its loop, or a thread queue."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
-        self.loop = loop
-        self.queue: asyncio.Queue[Delta] | queue.SimpleQueue[Delta] = (
-            asyncio.Queue() if loop is not None else queue.SimpleQueue())
-
-
 _ids = itertools.count()
 
 
-class Sequence:
-    def __init__(self, prompt: list[int], params: SamplingParams, sink: _Sink,
-                 stream: TextStream) -> None:
+class EngineRequest:
+    """One submitted request: its text stream and where its deltas go (an asyncio queue on
+    `loop`, or a thread queue)."""
+
+    def __init__(self, prompt: list[int], params: SamplingParams, stream: TextStream,
+                 loop: asyncio.AbstractEventLoop | None) -> None:
         self.id = next(_ids)
-        self.prompt, self.params, self.sink, self.text = prompt, params, sink, stream
-        self.slot = -1
-        self.state: SamplerState | None = None
-        self.next_token = 0
-        self.position = 0
+        self.prompt_len, self.params, self.text = len(prompt), params, stream
+        self.loop = loop
+        self.inbox: asyncio.Queue[Delta] | queue.SimpleQueue[Delta] = (
+            asyncio.Queue() if loop is not None else queue.SimpleQueue())
         self.generated = 0
         self.arrival = time.monotonic()
         self.first_token_at: float | None = None
         self.done = False
 
-    @property
-    def prompt_len(self) -> int:
-        return len(self.prompt)
+    def accept(self, token: int, logprob: TokenLogprob | None, finish: str | None,
+               error: str | None) -> Delta:
+        """The delta for one token from the core (sets `done` when it is the last)."""
+        if error is not None:
+            self.done = True
+            return Delta(finish_reason="error", error=error, prompt_tokens=self.prompt_len,
+                         completion_tokens=self.generated)
+        self.generated += 1
+        delta = Delta(prompt_tokens=self.prompt_len, completion_tokens=self.generated)
+        if finish == "stop":  # a stop token: not part of the text
+            delta.text = self.text.finish()
+        else:
+            delta.text = self.text.push(token)
+            delta.token_ids.append(token)
+            if logprob is not None:
+                delta.logprobs.append(logprob)
+            if self.text.stopped:
+                finish = "stop"
+            elif finish == "length":
+                delta.text += self.text.finish()
+        delta.finish_reason = finish
+        self.done = finish is not None
+        return delta
 
 
 class Engine:
-    def __init__(self, model: Transformer, decode: Any, cfg: EngineConfig | None = None, *,
+    def __init__(self, model: Transformer, decode, cfg: EngineConfig | None = None, *,
                  stop_token_ids: frozenset[int] = frozenset(), dtype: torch.dtype | None = None,
                  metrics: EngineObserver | None = None, name: str = "model") -> None:
         """`decode(ids) -> str` turns token ids into text (special tokens left out)."""
         self.cfg = cfg or EngineConfig()
         self.name = name
-        device = torch.device(self.cfg.device)
-        if device.type == "cpu":
-            torch.set_num_threads(self.cfg.threads or max(1, (os.cpu_count() or 2) - 1))
-        self.dtype = dtype or resolve_dtype(self.cfg.dtype, device)
+        self.dtype = dtype or resolve_dtype(self.cfg.dtype, torch.device(self.cfg.device))
         self.context = model.cfg.max_seq_len
         self.vocab = model.cfg.vocab
         self.stop_token_ids = stop_token_ids
-        self._decode_text = decode
-        self.runner = Runner(model, self.cfg.max_batch, self.dtype, device)
-        self.sampler = Sampler(self.cfg.max_batch, self.vocab, device)
-        self.scheduler: Scheduler[Sequence] = Scheduler(
-            self.cfg.max_batch, self.cfg.max_queue, self.cfg.max_prefill_tokens)
         self.metrics: EngineObserver = metrics or _NoMetrics()
-        self._aborts: queue.SimpleQueue[Sequence] = queue.SimpleQueue()
-        self._wake = threading.Event()
+        self._model: Transformer | None = model
+        self._decode_text = decode
+        self._requests: dict[int, EngineRequest] = {}
+        self._lock = threading.Lock()  # guards _requests and the request pipe
         self._mailboxes: dict[asyncio.AbstractEventLoop, _Mailbox] = {}
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._reader: threading.Thread | None = None
         self._stopping = False
-        self._thread: threading.Thread | None = None
-        self.steps = 0
+        self.dead: str | None = None  # why the core is gone, if it died
+        self.running = self.waiting = 0  # as of the core's last step
 
-    # ---- public API (any thread) ------------------------------------------------------
+    # ---- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> Engine:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name=f"engine-{self.name}",
-                                            daemon=True)
-            self._thread.start()
+        """Start the core process and wait until it has built the model."""
+        if self._process is not None:
+            return self
+        ctx = multiprocessing.get_context("spawn")
+        from_core, to_frontend = ctx.Pipe(duplex=False)
+        from_frontend, self._to_core = ctx.Pipe(duplex=False)
+        threads = self.cfg.threads or torch.get_num_threads()
+        self._process = ctx.Process(
+            target=run_core, name=f"lmforge-engine-{self.name}", daemon=True,
+            args=(from_frontend, to_frontend, self._model, self.cfg, self.dtype,
+                  self.stop_token_ids, threads))
+        self._process.start()
+        from_frontend.close()
+        to_frontend.close()
+        self._model = None
+        self._from_core = from_core
+        if not from_core.poll(START_TIMEOUT_S):
+            self._process.kill()
+            raise RuntimeError(f"the engine for {self.name} did not start")
+        try:
+            kind, detail = from_core.recv()
+        except EOFError:
+            kind, detail = "failed", f"its process exited with {self._process.exitcode}"
+        if kind != "ready":
+            self._process.join(5.0)
+            raise RuntimeError(f"the engine for {self.name} failed to start: {detail}")
+        self._reader = threading.Thread(target=self._read, name=f"engine-{self.name}",
+                                        daemon=True)
+        self._reader.start()
         return self
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Finish what is running and queued (up to `timeout`), then end the thread."""
+        """Finish what is running and queued (up to `timeout`), then end the core."""
+        if self._process is None or self._stopping:
+            return
         self._stopping = True
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                self._abort_all("the server is shutting down")
-                self._thread.join(5.0)
-            self._thread = None
+        with contextlib.suppress(OSError), self._lock:
+            self._to_core.send(("stop",))
+        self._process.join(timeout)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join(5.0)
+        if self._reader is not None:
+            self._reader.join(5.0)
 
     @property
-    def running(self) -> int:
-        return len(self.scheduler.running)
+    def pid(self) -> int | None:
+        """The core process (None before start)."""
+        return self._process.pid if self._process is not None else None
 
-    @property
-    def waiting(self) -> int:
-        return self.scheduler.waiting
+    # ---- requests (any thread) ---------------------------------------------------------
 
     def fit(self, prompt: list[int], max_tokens: int | None,
             truncate: int | None = None) -> tuple[list[int], int]:
@@ -188,34 +233,49 @@ class Engine:
         return prompt, max_tokens
 
     def submit(self, prompt: list[int], params: SamplingParams,
-               loop: asyncio.AbstractEventLoop | None = None) -> Sequence:
-        """Queue a request; its deltas arrive on `seq.sink.queue`. QueueFull when the queue
-        is at its limit, EngineStopped during shutdown."""
-        if self._stopping:
+               loop: asyncio.AbstractEventLoop | None = None) -> EngineRequest:
+        """Queue a request; its deltas go to `loop` (for `deltas`) or a thread queue (for
+        `follow`). QueueFull when the queue is at its limit, EngineStopped during shutdown;
+        on a dead engine the request ends at once with an error delta."""
+        if self._stopping or self._process is None:
             raise EngineStopped(f"model {self.name} is shutting down")
         if len(prompt) + params.max_tokens > self.context:
             raise ContextLengthError("prompt plus max_tokens exceed the context; use fit()")
-        seq = Sequence(prompt, params, _Sink(loop),
-                       TextStream(self._decode_text, prompt, params.stop))
-        self.scheduler.add(seq)
-        self._wake.set()
-        return seq
+        stream = TextStream(self._decode_text, prompt, params.stop)
+        req = EngineRequest(prompt, params, stream, loop)
+        with self._lock:
+            # requests that will find a free slot at the next step are not really waiting
+            queued = len(self._requests) - self.cfg.max_batch
+            if queued >= self.cfg.max_queue:
+                raise QueueFull(f"{max(queued, 0)} requests are already waiting")
+            if self.dead is None:
+                self._requests[req.id] = req
+                with contextlib.suppress(OSError):  # a dead core: the reader fails it
+                    self._to_core.send(("add", req.id, prompt, params))
+        if req.id not in self._requests and not req.done:
+            self._deliver([(req, req.accept(-1, None, "error", self.dead))])
+        return req
 
-    def abort(self, seq: Sequence) -> None:
-        if not seq.done:
-            self._aborts.put(seq)
-            self._wake.set()
+    def abort(self, req: EngineRequest) -> None:
+        """Cancel a request (a no-op once it finished)."""
+        with self._lock:
+            if self._requests.pop(req.id, None) is None:
+                return
+            req.done = True
+            if self.dead is None:
+                with contextlib.suppress(OSError):
+                    self._to_core.send(("abort", req.id))
 
     async def stream(self, prompt: list[int], params: SamplingParams) -> AsyncIterator[Delta]:
         """Submit and follow one request (see `deltas`)."""
-        seq = self.submit(prompt, params, asyncio.get_running_loop())
-        async for delta in self.deltas(seq):
+        req = self.submit(prompt, params, asyncio.get_running_loop())
+        async for delta in self.deltas(req):
             yield delta
 
-    async def deltas(self, seq: Sequence) -> AsyncIterator[Delta]:
+    async def deltas(self, req: EngineRequest) -> AsyncIterator[Delta]:
         """Deltas of a request submitted with this loop; what arrived together is merged
         into one delta. Leaving early (or being cancelled) aborts the request."""
-        inbox: asyncio.Queue[Delta] = seq.sink.queue  # type: ignore[assignment]
+        inbox: asyncio.Queue[Delta] = req.inbox  # type: ignore[assignment]
         try:
             while True:
                 delta = await inbox.get()
@@ -225,12 +285,11 @@ class Engine:
                 if delta.finish_reason is not None:
                     return
         finally:
-            self.abort(seq)
+            self.abort(req)
 
-    def generate(self, prompt: list[int], params: SamplingParams) -> Iterator[Delta]:
-        """The same for a plain thread (the terminal chat, benchmarks)."""
-        seq = self.submit(prompt, params)
-        inbox: queue.SimpleQueue[Delta] = seq.sink.queue  # type: ignore[assignment]
+    def follow(self, req: EngineRequest) -> Iterator[Delta]:
+        """The same for a request submitted without a loop (a plain thread)."""
+        inbox: queue.SimpleQueue[Delta] = req.inbox  # type: ignore[assignment]
         try:
             while True:
                 delta = inbox.get()
@@ -238,144 +297,86 @@ class Engine:
                 if delta.finish_reason is not None:
                     return
         finally:
-            self.abort(seq)
+            self.abort(req)
 
-    def complete(self, prompt: list[int], params: SamplingParams) -> Delta:
-        """The whole output of one request as a single delta."""
+    def wait(self, req: EngineRequest) -> Delta:
+        """The whole output of a request submitted without a loop, as one delta."""
         total = Delta()
-        for delta in self.generate(prompt, params):
+        for delta in self.follow(req):
             total = total.merge(delta)
         return total
 
-    # ---- the engine thread -------------------------------------------------------------
+    def generate(self, prompt: list[int], params: SamplingParams) -> Iterator[Delta]:
+        """Submit and follow one request from a plain thread (the terminal chat)."""
+        yield from self.follow(self.submit(prompt, params))
 
-    def _loop(self) -> None:
+    def complete(self, prompt: list[int], params: SamplingParams) -> Delta:
+        return self.wait(self.submit(prompt, params))
+
+    # ---- the reader thread -------------------------------------------------------------
+
+    def _read(self) -> None:
         while True:
-            idle = not self.scheduler.running and not self.scheduler.waiting
-            if idle and self._aborts.empty():
-                if self._stopping:
-                    return
-                self._wake.wait()
-                self._wake.clear()
-                continue
-            self._step()
+            try:
+                _, outputs, stats = self._from_core.recv()
+            except (EOFError, OSError):
+                break
+            self._apply(outputs, stats)
+        self._core_gone()
 
-    def _step(self) -> None:
-        self._drop_aborted()
-        out: list[tuple[Sequence, Delta]] = []
-        tokens = 0
-        for seq in self.scheduler.admit():
-            tokens += self._prefill(seq, out)
-        if out:  # first tokens go out now, not after the decode step (time to first token)
-            self._publish(out)
-            out = []
-        if self.scheduler.running:
-            tokens += self._decode(out)
-        self.steps += 1
-        self._publish(out)
-        self.metrics.step(len(self.scheduler.running), self.scheduler.waiting, tokens)
+    def _apply(self, outputs: list[Output], stats: Stats | None) -> None:
+        """Turn one step's tokens into deltas and hand them out."""
+        deliveries = []
+        for rid, token, logprob, finish, error in outputs:
+            req = self._requests.get(rid)
+            if req is None:
+                continue  # aborted meanwhile
+            try:
+                delta = req.accept(token, logprob, finish, error)
+            except Exception as e:  # e.g. a tokenizer that cannot decode: end this one only
+                log.exception("request %d failed in detokenization", rid)
+                delta = req.accept(-1, None, "error", f"{type(e).__name__}: {e}")
+                finish = None  # the core still runs it: abort it there
+            if req.first_token_at is None and error is None:
+                req.first_token_at = time.monotonic()
+                self.metrics.first_token(req.first_token_at - req.arrival)
+            if req.done:
+                self._finished(req, delta.finish_reason, core_knows=finish is not None)
+            deliveries.append((req, delta))
+        if stats is not None:
+            self.running, self.waiting = stats[0], stats[1]
+            self.metrics.step(*stats)
+        self._deliver(deliveries)
 
-    def _prefill(self, seq: Sequence, out: list[tuple[Sequence, Delta]]) -> int:
-        seq.state = SamplerState.create(seq.params, seq.slot)
-        try:
-            logits = self.runner.prefill(seq.slot, seq.prompt)
-            self.sampler.start(seq.state, seq.prompt)
-            tokens, logprobs = self.sampler.sample(logits[None], [0], [seq.state])
-            self.sampler.observe([seq.state], tokens)
-        except Exception as e:  # one bad request must not stop the engine
-            self._fail(seq, f"prefill failed: {type(e).__name__}: {e}", out)
-            return 0
-        seq.position = seq.prompt_len
-        self._accept(seq, tokens[0], logprobs[0], out)
-        return 1
+    def _finished(self, req: EngineRequest, reason: str, core_knows: bool) -> None:
+        with self._lock:
+            self._requests.pop(req.id, None)
+            if not core_knows:  # a stop string: the core would go on
+                with contextlib.suppress(OSError):
+                    self._to_core.send(("abort", req.id))
+        self.metrics.finished(time.monotonic() - req.arrival, reason)
 
-    def _decode(self, out: list[tuple[Sequence, Delta]]) -> int:
-        rows = self.scheduler.batch()
-        live = [i for i, seq in enumerate(rows) if seq is not None]
-        seqs = [rows[i] for i in live]
-        try:
-            logits = self.runner.decode([s.next_token if s else 0 for s in rows],
-                                        [s.position if s else 0 for s in rows])
-            states = [s.state for s in seqs]
-            tokens, logprobs = self.sampler.sample(logits, live, states)
-            self.sampler.observe(states, tokens)
-        except Exception as e:  # fail this batch, keep serving
-            for seq in seqs:
-                self._fail(seq, f"decode failed: {type(e).__name__}: {e}", out)
-            return 0
-        for seq, token, logprob in zip(seqs, tokens, logprobs, strict=True):
-            seq.position += 1
-            self._accept(seq, token, logprob, out)
-        return len(seqs)
-
-    def _accept(self, seq: Sequence, token: int, logprob: TokenLogprob | None,
-                out: list[tuple[Sequence, Delta]]) -> None:
-        if seq.first_token_at is None:
-            seq.first_token_at = time.monotonic()
-            self.metrics.first_token(seq.first_token_at - seq.arrival)
-        seq.generated += 1
-        delta = Delta(prompt_tokens=seq.prompt_len, completion_tokens=seq.generated)
-        params = seq.params
-        if token in self.stop_token_ids and not params.ignore_eos:
-            delta.text = seq.text.finish()
-            self._finish(seq, delta, "stop", out)
-            return
-        delta.text = seq.text.push(token)
-        delta.token_ids.append(token)
-        if logprob is not None:
-            delta.logprobs.append(logprob)
-        seq.next_token = token
-        if seq.text.stopped:
-            self._finish(seq, delta, "stop", out)
-        elif seq.generated >= params.max_tokens:
-            delta.text += seq.text.finish()
-            self._finish(seq, delta, "length", out)
-        else:
-            out.append((seq, delta))
-
-    def _finish(self, seq: Sequence, delta: Delta, reason: str,
-                out: list[tuple[Sequence, Delta]]) -> None:
-        delta.finish_reason = reason
-        seq.done = True
-        self.scheduler.release(seq)
-        self.runner.free(seq.slot)
-        self.metrics.finished(time.monotonic() - seq.arrival, reason)
-        out.append((seq, delta))
-
-    def _fail(self, seq: Sequence, message: str, out: list[tuple[Sequence, Delta]]) -> None:
-        delta = Delta(prompt_tokens=seq.prompt_len, completion_tokens=seq.generated,
-                      error=message)
-        self._finish(seq, delta, "error", out)
-
-    def _drop_aborted(self) -> None:
-        while not self._aborts.empty():
-            seq = self._aborts.get()
-            if seq.done:
-                continue
-            seq.done = True
-            if not self.scheduler.remove_waiting(seq) and seq.slot >= 0:
-                self.scheduler.release(seq)
-                self.runner.free(seq.slot)
-
-    def _abort_all(self, message: str) -> None:
-        """Shutdown timed out: tell every consumer and let the loop end."""
-        out: list[tuple[Sequence, Delta]] = []
-        for seq in list(self.scheduler.running.values()):
-            self._fail(seq, message, out)
-        for seq in self.scheduler.drain_waiting():
-            seq.done = True
-            out.append((seq, Delta(finish_reason="error", error=message)))
-        self._publish(out)
-
-    def _publish(self, out: list[tuple[Sequence, Delta]]) -> None:
-        """Hand the step's deltas to their consumers: thread queues directly, asyncio
-        queues through one mailbox per event loop (see `_Mailbox`)."""
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, Delta]]] = {}
-        for seq, delta in out:
-            if seq.sink.loop is None:
-                seq.sink.queue.put(delta)  # type: ignore[union-attr]
+    def _core_gone(self) -> None:
+        """The core exited: end every request still in flight with an error."""
+        with self._lock:
+            if self._stopping:
+                self.dead = "the server is shutting down"
             else:
-                by_loop.setdefault(seq.sink.loop, []).append((seq.sink.queue, delta))
+                self.dead = (f"the engine process of {self.name} died (exit code "
+                             f"{self._process.exitcode})")
+                log.error("%s; requests to it fail until the model is reloaded", self.dead)
+            orphans, self._requests = list(self._requests.values()), {}
+        self.running = self.waiting = 0
+        self._deliver([(req, req.accept(-1, None, "error", self.dead)) for req in orphans])
+
+    def _deliver(self, deliveries: list[tuple[EngineRequest, Delta]]) -> None:
+        """Thread queues directly, asyncio queues through one mailbox per event loop."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, Delta]]] = {}
+        for req, delta in deliveries:
+            if req.loop is None:
+                req.inbox.put(delta)  # type: ignore[union-attr]
+            else:
+                by_loop.setdefault(req.loop, []).append((req.inbox, delta))
         for loop, items in by_loop.items():
             mailbox = self._mailboxes.get(loop)
             if mailbox is None:

@@ -28,7 +28,14 @@ from lmforge.serve import openai_schema as api
 from lmforge.serve.audit import AuditLog
 from lmforge.serve.chat_template import TemplateRenderError, render_chat
 from lmforge.serve.config import ServeConfig
-from lmforge.serve.engine import ContextLengthError, Delta, EngineStopped, QueueFull, Sequence
+from lmforge.serve.engine import (
+    ContextLengthError,
+    Delta,
+    Engine,
+    EngineRequest,
+    EngineStopped,
+    QueueFull,
+)
 from lmforge.serve.errors import APIError
 from lmforge.serve.metrics import Metrics
 from lmforge.serve.middleware import CLIENT_CLOSED, AuditRecord
@@ -43,10 +50,12 @@ DISCONNECTED = "the client disconnected"
 
 @dataclass
 class Run:
-    """A request's engine sequences on one variant, and each choice's output so far."""
+    """A request's engine sequences on one variant, and each choice's output so far (the
+    engine is the one they were submitted to: a reload may give the variant a new one)."""
 
     variant: Variant
-    seqs: list[Sequence]
+    engine: Engine
+    seqs: list[EngineRequest]
     prompts: list[list[int]]
     redactors: list[StreamRedactor]
     texts: list[str] = field(init=False)
@@ -77,7 +86,7 @@ class Run:
 
     def abort(self) -> None:
         for seq in self.seqs:
-            self.variant.engine.abort(seq)
+            self.engine.abort(seq)
 
 
 @dataclass
@@ -181,7 +190,7 @@ class Generation:
                 param = "messages" if isinstance(body, api.ChatCompletionRequest) else "prompt"
                 raise APIError(400, str(e), "context_length_exceeded", param) from None
             jobs += [(ids, _params(body, max_tokens, c)) for c in range(body.n)]
-        seqs: list[Sequence] = []
+        seqs: list[EngineRequest] = []
         loop = asyncio.get_running_loop()
         try:
             for ids, params in jobs:
@@ -192,7 +201,7 @@ class Generation:
             state = "overloaded" if isinstance(e, QueueFull) else "shutting down"
             raise APIError(503, f"the server is {state} ({e}); retry shortly", "overloaded",
                            retry_after=1) from None
-        return Run(variant, seqs, [ids for ids, _ in jobs],
+        return Run(variant, engine, seqs, [ids for ids, _ in jobs],
                    [self.output_filter.stream() for _ in seqs])
 
     def _fall_back(self, job: Job, error: str) -> bool:
@@ -227,7 +236,7 @@ class Generation:
     async def _collect(self, run: Run) -> str | None:
         """Run every choice to its end; the first error, if any."""
         async def drain(index: int) -> str | None:
-            async for delta in run.variant.engine.deltas(run.seqs[index]):
+            async for delta in run.engine.deltas(run.seqs[index]):
                 run.take(index, delta)
                 if delta.error:
                     return delta.error
@@ -265,7 +274,7 @@ class Generation:
         for the primary before any byte is sent; the deltas are kept for the stream."""
         for _ in range(2):
             run = job.run
-            iters = [run.variant.engine.deltas(seq) for seq in run.seqs]
+            iters = [run.engine.deltas(seq) for seq in run.seqs]
             firsts = await asyncio.gather(*(anext(it) for it in iters))
             run.pending = list(zip(iters, firsts, strict=True))
             error = next((d.error for d in firsts if d.error), None)

@@ -87,7 +87,7 @@ class Metrics:
 
 
 class EngineMetrics:
-    """The engine's observer for one model variant (called from the engine thread)."""
+    """The engine's observer for one model variant (called from its reader thread)."""
 
     def __init__(self, metrics: Metrics, model: str, variant: str) -> None:
         self.queue = metrics.queue.labels(model, variant)

@@ -1,4 +1,4 @@
-"""The engine's forward pass: prefill one prompt into a cache slot, decode every slot at once.
+"""The engine's forward pass: prefill prompts into cache slots, decode every slot at once.
 
 Small models spend their time in per-op overhead, not arithmetic, so the decode step is built
 to issue as few ops as possible, on tensors made once at load time:
@@ -10,7 +10,11 @@ to issue as few ops as possible, on tensors made once at load time:
   about seven ops; this is three, and measured ~10% faster per step at batch 8-16);
 - RoPE is `x * cos + flip(x) * sin'` with the sign of rotate_half folded into sin';
 - the KV cache is preallocated per slot, (layers, slots, kv_heads, context, head_dim), and
-  new keys land with one `scatter_` per layer;
+  new keys land with one `scatter_` (decode) or `index_copy_` (prefill) per layer;
+- prompts admitted together are prefilled in one forward pass, packed one after the other
+  with attention masked to each prompt's own causal (and sliding-window) span: at 16
+  clients whole waves of requests start together, and one pass costs about what one
+  decode step of the batch does instead of one pass per prompt;
 - each slot owns a row of an additive mask that is opened one position per step, so no mask
   is built per step; attention reads a length rounded up to `BUCKET` positions.
 
@@ -139,36 +143,50 @@ class Runner:
         self.mask[slot, 0] = 0.0
 
     @torch.no_grad()
-    def prefill(self, slot: int, ids: list[int]) -> Tensor:
-        """Run a prompt into `slot` (overwriting it); the last position's logits, (V,)."""
-        t = len(ids)
-        hd, kvh = self.head_dim, self.kv_heads
-        x = F.embedding(torch.tensor(ids, device=self.device), self.embed)
-        cos, sin = self.rope[:t].split(self.n_qk, dim=1)
-        causal, mask = self._prefill_mask(t)
+    def prefill(self, slots: list[int], prompts: list[list[int]]) -> Tensor:
+        """Run prompts into their slots (overwriting them) in one forward pass, packed one
+        after the other; each prompt's last-position logits, (P, V)."""
+        lens = torch.tensor([len(p) for p in prompts], device=self.device)
+        n, hd, kvh = int(lens.sum()), self.head_dim, self.kv_heads
+        ids = torch.tensor([t for p in prompts for t in p], device=self.device)
+        segment = torch.repeat_interleave(torch.arange(len(prompts), device=self.device), lens)
+        starts = torch.cumsum(lens, 0) - lens
+        pos = torch.arange(n, device=self.device) - starts[segment]
+        slot = torch.tensor(slots, device=self.device)
+        # where each token's keys go in a layer's cache viewed as (slots * kv_heads * context, hd)
+        heads = torch.arange(kvh, device=self.device)
+        rows = ((slot[segment, None] * kvh + heads) * self.context + pos[:, None]).view(-1)
+        causal, mask = self._prefill_mask(segment, pos, len(prompts))
+        x = F.embedding(ids, self.embed)
+        cos, sin = self.rope[pos].split(self.n_qk, dim=1)
         for i, layer in enumerate(self.layers):
             qkv = torch.mm(self._rms(x, layer.norm_in), layer.qkv_t)
             qk = self._rope(layer, qkv, cos, sin)
-            q = qk[:, :self.n_q].view(t, self.heads, hd).transpose(0, 1)
-            k = qk[:, self.n_q:].view(t, kvh, hd).transpose(0, 1)
-            v = qkv[:, self.n_qk:].view(t, kvh, hd).transpose(0, 1)
-            self.k_layers[i][slot, :, :t] = k
-            self.v_layers[i][slot, :, :t] = v
+            k = qk[:, self.n_q:].reshape(n * kvh, hd)
+            v = qkv[:, self.n_qk:].reshape(n * kvh, hd)
+            self.k_layers[i].view(-1, hd).index_copy_(0, rows, k)
+            self.v_layers[i].view(-1, hd).index_copy_(0, rows, v)
             y = F.scaled_dot_product_attention(
-                q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), attn_mask=mask,
+                qk[:, :self.n_q].view(n, self.heads, hd).transpose(0, 1).unsqueeze(0),
+                k.view(n, kvh, hd).transpose(0, 1).unsqueeze(0),
+                v.view(n, kvh, hd).transpose(0, 1).unsqueeze(0), attn_mask=mask,
                 is_causal=causal, enable_gqa=kvh != self.heads)
-            x = torch.addmm(x, y[0].transpose(0, 1).reshape(t, -1), layer.o_t)
+            x = torch.addmm(x, y[0].transpose(0, 1).reshape(n, -1), layer.o_t)
             x = self._mlp(layer, x)
-        row = self.mask[slot]
-        row.fill_(float("-inf"))
-        row[max(0, t - self.window) if self.window else 0:t] = 0.0
-        return self._logits(x[-1:])[0]
+        cols = torch.arange(self.context, device=self.device)
+        low = (lens - self.window).clamp(min=0) if self.window else torch.zeros_like(lens)
+        opened = (cols >= low[:, None]) & (cols < lens[:, None])
+        self.mask[slot] = torch.where(opened, self._zero, self._closed)
+        return self._logits(x[starts + lens - 1])
 
-    def _prefill_mask(self, t: int) -> tuple[bool, Tensor | None]:
-        if self.window is None or t <= self.window:
-            return t > 1, None
-        pos = torch.arange(t, device=self.device)
-        allowed = (pos[None, :] <= pos[:, None]) & (pos[None, :] > pos[:, None] - self.window)
+    def _prefill_mask(self, segment: Tensor, pos: Tensor, prompts: int
+                      ) -> tuple[bool, Tensor | None]:
+        """Causal within each prompt (and its sliding window), nothing across prompts."""
+        if prompts == 1 and (self.window is None or pos.size(0) <= self.window):
+            return pos.size(0) > 1, None
+        allowed = (segment[None, :] == segment[:, None]) & (pos[None, :] <= pos[:, None])
+        if self.window is not None:
+            allowed &= pos[None, :] > pos[:, None] - self.window
         return False, allowed
 
     def _views(self, b: int, length: int) -> tuple[Tensor, list[tuple[Tensor, ...]]]:
@@ -182,22 +200,22 @@ class Runner:
         return self._view_cache[key]
 
     @torch.no_grad()
-    def decode(self, tokens: list[int], positions: list[int]) -> Tensor:
-        """One new token for each of slots 0..B-1 at its position; logits (B, V)."""
-        b = len(tokens)
+    def decode(self, tokens: Tensor, pos: Tensor, length: int) -> Tensor:
+        """One new token for each of slots 0..B-1 at its position (`length`: the highest
+        position + 1); logits (B, V)."""
+        b = tokens.size(0)
         hd, kvh = self.head_dim, self.kv_heads
-        pos = torch.tensor(positions, device=self.device)
         rows = self._rows[:b]
         self.mask.index_put_((rows, pos), self._zero)
         if self.window is not None:
             old = pos - self.window
             self.mask.index_put_((rows, old.clamp(min=0)),
                                  torch.where(old >= 0, self._closed, self._zero))
-        length = min(self.context, -(-(max(positions) + 1) // BUCKET) * BUCKET)
+        length = min(self.context, -(-length // BUCKET) * BUCKET)
         mask, caches = self._views(b, length)
         where = pos.view(b, 1, 1, 1).expand(b, kvh, 1, hd)
         cos, sin = self.rope[pos].split(self.n_qk, dim=1)
-        x = F.embedding(torch.tensor(tokens, device=self.device), self.embed)
+        x = F.embedding(tokens, self.embed)
         for layer, (k_cache, v_cache, keys, values) in zip(self.layers, caches, strict=True):
             qkv = torch.mm(self._rms(x, layer.norm_in), layer.qkv_t)
             qk = self._rope(layer, qkv, cos, sin)

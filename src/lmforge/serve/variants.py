@@ -144,6 +144,7 @@ class Registry:
 
     def ready(self) -> bool:
         return bool(self.groups) and all(g.primary.engine is not None
+                                         and g.primary.engine.dead is None
                                          for g in self.groups.values())
 
     def stop(self, timeout: float) -> None:

@@ -1,0 +1,210 @@
+"""The engine core: prefill, decode and sampling for every request, in a process of its own.
+
+    server process (Engine)                               core process (this module)
+    submit  ── ("add", id, prompt ids, params) ────────▶  EngineCore.add
+    abort   ── ("abort", id) ──────────────────────────▶  EngineCore.abort
+    stop    ── ("stop",) ──────────────────────────────▶  finish everything, then exit
+            ◀─ ("step", [(id, token, logprob, finish, error), ...], stats) ── each step
+
+Why a process (as vLLM v1 runs its EngineCore): the forward pass and the HTTP side are both
+Python, and in one process they take turns on one interpreter lock, so every token handed
+to the event loop stalls the next step and every chunk sent stalls the engine. Here the core
+has a CPU core to itself and sends one message per step carrying every request's new token;
+turning tokens into text, stop strings and delivery to clients stay with the frontend.
+
+A step: drop cancelled requests (done as their messages arrive), admit waiting requests in
+arrival order while a slot is free and the prefill budget lasts, prefill each (its first
+token is sent at once: time to first token), then decode one token for every running
+sequence in a single forward pass and sample the whole batch at once. The core ends a
+request at `max_tokens` or on a stop token (eos, `<|end|>`); stop strings are found by the
+frontend, which then aborts the request here.
+"""
+
+from __future__ import annotations
+
+import signal
+from multiprocessing.connection import Connection
+from typing import Any
+
+import torch
+
+from lmforge.model.llama import Transformer
+from lmforge.serve.config import EngineConfig
+from lmforge.serve.runner import Runner
+from lmforge.serve.sampling import Sampler, SamplingParams, TokenLogprob
+from lmforge.serve.scheduler import Scheduler
+
+# (request id, token id, logprob or None, finish reason or None, error or None)
+Output = tuple[int, int, TokenLogprob | None, str | None, str | None]
+Stats = tuple[int, int, int]  # running, waiting, tokens made in the step
+PACK_TOKENS = 1024  # prompt tokens prefilled in one forward (attention is quadratic in it)
+
+
+class CoreRequest:
+    __slots__ = ("generated", "id", "params", "position", "prompt", "slot")
+
+    def __init__(self, rid: int, prompt: list[int], params: SamplingParams) -> None:
+        self.id, self.prompt, self.params = rid, prompt, params
+        self.slot = -1
+        self.position = 0  # tokens in the cache; the next input token goes here
+        self.generated = 0
+
+    @property
+    def prompt_len(self) -> int:
+        return len(self.prompt)
+
+
+class EngineCore:
+    def __init__(self, model: Transformer, cfg: EngineConfig, dtype: torch.dtype,
+                 stop_token_ids: frozenset[int]) -> None:
+        device = torch.device(cfg.device)
+        self.device = device
+        self.stop_token_ids = stop_token_ids
+        self.runner = Runner(model, cfg.max_batch, dtype, device)
+        self.sampler = Sampler(cfg.max_batch, model.cfg.vocab, device)
+        self.scheduler: Scheduler[CoreRequest] = Scheduler(cfg.max_batch,
+                                                           cfg.max_prefill_tokens)
+        self.requests: dict[int, CoreRequest] = {}
+        self.next_tokens = torch.zeros(cfg.max_batch, dtype=torch.long, device=device)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.requests)
+
+    def stats(self, tokens: int = 0) -> Stats:
+        return len(self.scheduler.running), self.scheduler.waiting, tokens
+
+    def add(self, rid: int, prompt: list[int], params: SamplingParams) -> None:
+        req = CoreRequest(rid, prompt, params)
+        self.requests[rid] = req
+        self.scheduler.add(req)
+
+    def abort(self, rid: int) -> None:
+        req = self.requests.get(rid)
+        if req is not None and not self.scheduler.remove_waiting(req):
+            self._release(req)
+        self.requests.pop(rid, None)
+
+    def prefill(self) -> list[Output]:
+        """Admit what fits and prefill it (packed, PACK_TOKENS at a time); first tokens."""
+        out: list[Output] = []
+        pack: list[CoreRequest] = []
+        for req in self.scheduler.admit():
+            if pack and sum(r.prompt_len for r in pack) + req.prompt_len > PACK_TOKENS:
+                out += self._prefill(pack)
+                pack = []
+            pack.append(req)
+        return out + (self._prefill(pack) if pack else [])
+
+    def decode(self) -> list[Output]:
+        """One token for every running sequence."""
+        rows = self.scheduler.batch()
+        if not rows:
+            return []
+        positions = [req.position if req is not None else 0 for req in rows]
+        b = len(rows)
+        try:
+            logits = self.runner.decode(self.next_tokens[:b],
+                                        torch.tensor(positions, device=self.device),
+                                        max(positions) + 1)
+            tokens, logprobs = self.sampler.sample(logits)
+        except Exception as e:  # fail this batch, keep serving
+            return [self._fail(req, f"decode failed: {type(e).__name__}: {e}")
+                    for req in rows if req is not None]
+        self.next_tokens[:b] = tokens
+        out = []
+        for req, token in zip(rows, tokens.tolist(), strict=True):
+            if req is not None:
+                out.append(self._emit(req, token, logprobs[req.slot] if logprobs else None))
+        return out
+
+    def _prefill(self, pack: list[CoreRequest]) -> list[Output]:
+        slots = [req.slot for req in pack]
+        prompts = [req.prompt for req in pack]
+        try:
+            logits = self.runner.prefill(slots, prompts)
+            self.sampler.add(slots, [req.params for req in pack], prompts)
+            tokens, logprobs = self.sampler.sample(logits, slots)
+        except Exception as e:  # a bad request must not stop the engine
+            return [self._fail(req, f"prefill failed: {type(e).__name__}: {e}")
+                    for req in pack]
+        self.next_tokens[torch.tensor(slots, device=self.device)] = tokens
+        out = []
+        for i, (req, token) in enumerate(zip(pack, tokens.tolist(), strict=True)):
+            req.position = req.prompt_len - 1  # _emit moves it past the prompt
+            out.append(self._emit(req, token, logprobs[i] if logprobs else None))
+        return out
+
+    def _emit(self, req: CoreRequest, token: int, logprob: TokenLogprob | None) -> Output:
+        req.position += 1
+        req.generated += 1
+        finish = None
+        if token in self.stop_token_ids and not req.params.ignore_eos:
+            finish = "stop"
+        elif req.generated >= req.params.max_tokens:
+            finish = "length"
+        if finish is not None:
+            self._release(req)
+            del self.requests[req.id]
+        return req.id, token, logprob, finish, None
+
+    def _fail(self, req: CoreRequest, message: str) -> Output:
+        self._release(req)
+        self.requests.pop(req.id, None)
+        return req.id, -1, None, "error", message
+
+    def _release(self, req: CoreRequest) -> None:
+        if req.slot >= 0 and self.scheduler.running.get(req.slot) is req:
+            self.scheduler.release(req)
+            self.runner.free(req.slot)
+            self.sampler.remove(req.slot)
+
+
+def run_core(requests: Connection, outputs: Connection, model: Transformer,
+             cfg: EngineConfig, dtype: torch.dtype, stop_token_ids: frozenset[int],
+             threads: int) -> None:
+    """The core process's main loop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the frontend's to handle
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            core = EngineCore(model, cfg, dtype, stop_token_ids)
+    except Exception as e:
+        outputs.send(("failed", f"{type(e).__name__}: {e}"))
+        return
+    del model
+    outputs.send(("ready", None))
+    try:
+        with torch.inference_mode():
+            _loop(core, requests, outputs)
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        pass  # the frontend is gone; so is the point of going on
+
+
+def _loop(core: EngineCore, requests: Connection, outputs: Connection) -> None:
+    stopping = False
+    while True:
+        if not core.busy:
+            if stopping:
+                return
+            stopping |= _handle(core, requests.recv())  # idle: wait for work
+        while requests.poll():
+            stopping |= _handle(core, requests.recv())
+        if not core.busy:
+            outputs.send(("step", [], core.stats()))  # e.g. all aborted: report idle
+            continue
+        first = core.prefill()
+        if first:
+            outputs.send(("step", first, None))
+        out = core.decode()
+        outputs.send(("step", out, core.stats(len(first) + len(out))))
+
+
+def _handle(core: EngineCore, message: tuple[Any, ...]) -> bool:
+    """Apply one frontend message; True for "stop"."""
+    kind = message[0]
+    if kind == "add":
+        core.add(*message[1:])
+    elif kind == "abort":
+        core.abort(message[1])
+    return kind == "stop"
