@@ -91,4 +91,4 @@ def test_generate_command(saved: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["generate", str(saved), "--top-p", "0"]) == 2
     assert "--top-p" in capsys.readouterr().err
     assert main(["generate", str(saved / "nowhere")]) == 2
-    assert "no checkpoint found" in capsys.readouterr().err
+    assert "nowhere does not exist" in capsys.readouterr().err

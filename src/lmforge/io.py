@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,6 +51,17 @@ def fsync_dir(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def remove_outputs(directory: Path, names: tuple[str, ...] | list[str]) -> None:
+    """Delete a stage's own outputs (files or trees) under `directory`, leaving anything else
+    a user put there: a fresh, non-resumed run starts from none of them."""
+    for name in names:
+        path = directory / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
 
 
 @contextlib.contextmanager

@@ -34,12 +34,13 @@ class ModelScorer:
     def __init__(self, spec: str):
         import torch
 
-        from lmforge.serve.artifacts import load_served_model
+        from lmforge.model.files import best_checkpoint, find_tokenizer, load_model
+        from lmforge.model.tokenizer import load_tokenizer
 
         torch.set_num_threads(1)  # one per data worker: the workers are the parallelism
-        loaded = load_served_model(Path(spec))
-        self.model = loaded.model.float().eval()
-        self.tokenizer = loaded.tokenizer
+        model, source = load_model(best_checkpoint(Path(spec)) or Path(spec))
+        self.model = model.float().eval()
+        self.tokenizer = load_tokenizer(find_tokenizer(source))
         self.window = self.model.cfg.max_seq_len
 
     def score(self, texts: Sequence[str]) -> np.ndarray:

@@ -27,7 +27,7 @@ from lmforge.data.process import ShardTask, features_for, process_shard
 from lmforge.data.stats import Stats
 from lmforge.data.write import WriteTask, write_shard
 from lmforge.errors import UserError
-from lmforge.io import atomic_write_json, read_json, sha256_json
+from lmforge.io import atomic_write_json, read_json, remove_outputs, sha256_json
 from lmforge.progress import byte_progress, console
 
 PLAN = "plan.json"
@@ -96,12 +96,7 @@ def _start(out_dir: Path, fp: str, resume: bool) -> Path:
         return work
     if resume:
         console.print(f"nothing to resume in {out_dir}; starting from scratch")
-    for name in OUTPUT_NAMES:
-        path = out_dir / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+    remove_outputs(out_dir, OUTPUT_NAMES)
     work.mkdir(parents=True)
     for split in (*layout.SPLITS, layout.QUARANTINE):
         (out_dir / split).mkdir()

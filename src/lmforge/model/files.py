@@ -3,8 +3,10 @@
     RUN_DIR/pretrain/model/model.safetensors   weights under HF Llama names
     RUN_DIR/pretrain/model/model_config.json   our ModelConfig (vocab included)
 
-`load_model` accepts that directory, a checkpoint file (.pt), a checkpoints/ directory, a
-pretrain directory or a run directory.
+`load_model` accepts that directory, an HF export (config.json + model*.safetensors), a
+checkpoint file (.pt), a checkpoints/ directory, a pretrain directory or a run directory;
+`best_checkpoint` picks the best checkpoint of a run for those who want it over the final
+weights (serving, perplexity scoring). `find_tokenizer` finds the tokenizer that goes with it.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ from safetensors.torch import load_file, save_file
 from lmforge.errors import UserError
 from lmforge.io import atomic_path, atomic_write_json
 from lmforge.model.config import ModelConfig
-from lmforge.model.hf import from_hf_state_dict, to_hf_state_dict
+from lmforge.model.hf import from_hf_config, from_hf_state_dict, to_hf_state_dict
 from lmforge.model.llama import Transformer
 
 WEIGHTS = "model.safetensors"
 CONFIG = "model_config.json"
+HF_CONFIG = "config.json"
+HF_INDEX = "model.safetensors.index.json"
 
 
 def save_model_dir(out: Path, state: dict[str, torch.Tensor], cfg: ModelConfig) -> None:
@@ -46,6 +50,12 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Tr
     from lmforge.train import checkpoint
 
     path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path} does not exist; pass a run dir, checkpoint, model dir or "
+                        "HF export dir")
+    if path.is_dir() and (path / HF_CONFIG).is_file():
+        with torch.device(device):
+            return _load_hf_export(path).eval(), path
     model_dir = None if path.is_file() else find_model_dir(path)
     if model_dir is not None:
         try:
@@ -63,3 +73,55 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Tr
         model = Transformer(cfg)
     model.load_state_dict(state)
     return model.eval(), source
+
+
+def best_checkpoint(path: Path) -> Path | None:
+    """The best checkpoint of a run dir, pretrain dir or checkpoints dir (None elsewhere)."""
+    from lmforge.train import checkpoint
+
+    if path.is_file():
+        return None
+    for ckpt_dir in (path / "pretrain" / "checkpoints", path / "checkpoints", path):
+        if (ckpt_dir / checkpoint.BEST).is_file():
+            return ckpt_dir / checkpoint.BEST
+    return None
+
+
+def find_tokenizer(source: Path) -> Path:
+    """The tokenizer next to a model: its own dir (an export), else the nearest `tokenizer/`
+    walking up (pretrain/tokenizer, then the run's)."""
+    start = source if source.is_dir() else source.parent
+    for directory in (start, *list(start.parents)[:3]):
+        for candidate in (directory, directory / "tokenizer"):
+            if (candidate / "tokenizer.json").is_file():
+                return candidate
+    raise UserError(f"no tokenizer.json found next to {source}; pass --tokenizer DIR "
+                    "(the run's tokenizer directory)")
+
+
+def _load_hf_export(directory: Path) -> Transformer:
+    from types import SimpleNamespace
+
+    raw = json.loads((directory / HF_CONFIG).read_text(encoding="utf-8"))
+    try:
+        cfg = from_hf_config(SimpleNamespace(**raw))
+    except (AttributeError, TypeError, ValueError) as e:
+        raise UserError(f"{directory / HF_CONFIG} is not a Llama/Mistral/Qwen3 config ({e}); "
+                        "export the model with lmforge") from None
+    if (directory / HF_INDEX).is_file():
+        index = json.loads((directory / HF_INDEX).read_text(encoding="utf-8"))
+        files = sorted(set(index["weight_map"].values()))
+    else:
+        files = [WEIGHTS]
+    state: dict[str, torch.Tensor] = {}
+    for name in files:
+        if not (directory / name).is_file():
+            raise UserError(f"{directory / name} is missing; re-export the model")
+        state.update(load_file(str(directory / name)))
+    model = Transformer(cfg)
+    try:
+        model.load_state_dict(from_hf_state_dict(state, cfg))
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise UserError(f"weights in {directory} do not match its config.json ({first})") from None
+    return model

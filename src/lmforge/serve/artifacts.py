@@ -14,16 +14,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
-from lmforge.errors import UserError
+from lmforge.model.files import best_checkpoint, find_tokenizer, load_model
 from lmforge.model.llama import Transformer
 from lmforge.model.tokenizer import TextCodec, load_tokenizer
-from lmforge.train import checkpoint
-
-HF_CONFIG = "config.json"
-HF_INDEX = "model.safetensors.index.json"
 
 
 class ServedTokenizer:
@@ -71,67 +66,9 @@ class LoadedModel:
 
 
 def load_served_model(path: Path, tokenizer: Path | None = None) -> LoadedModel:
-    """The model at `path` (any layout in the module docstring) and its tokenizer."""
+    """The model at `path` (any layout in the module docstring; a run's best checkpoint)
+    and its tokenizer."""
     path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path} does not exist; pass a run dir, checkpoint, model dir or "
-                        "HF export dir")
-    if path.is_dir() and (path / HF_CONFIG).is_file():
-        model, source = _load_hf_export(path), path
-    else:
-        from lmforge.model.files import load_model
-
-        model, source = load_model(_best_checkpoint(path) or path)
+    model, source = load_model(best_checkpoint(path) or path)
     tok_dir = Path(tokenizer) if tokenizer is not None else find_tokenizer(source)
     return LoadedModel(model.eval(), ServedTokenizer(tok_dir), source)
-
-
-def _best_checkpoint(path: Path) -> Path | None:
-    """A run dir, pretrain dir or checkpoints dir serves its best checkpoint."""
-    if path.is_file():
-        return None
-    for ckpt_dir in (path / "pretrain" / "checkpoints", path / "checkpoints", path):
-        if (ckpt_dir / checkpoint.BEST).is_file():
-            return ckpt_dir / checkpoint.BEST
-    return None
-
-
-def find_tokenizer(source: Path) -> Path:
-    start = source if source.is_dir() else source.parent
-    for directory in (start, *list(start.parents)[:3]):
-        for candidate in (directory, directory / "tokenizer"):
-            if (candidate / "tokenizer.json").is_file():
-                return candidate
-    raise UserError(f"no tokenizer.json found next to {source}; pass --tokenizer DIR "
-                    "(the run's tokenizer directory)")
-
-
-def _load_hf_export(directory: Path) -> Transformer:
-    import torch
-    from safetensors.torch import load_file
-
-    from lmforge.model.hf import from_hf_config, from_hf_state_dict
-
-    raw = json.loads((directory / HF_CONFIG).read_text(encoding="utf-8"))
-    try:
-        cfg = from_hf_config(SimpleNamespace(**raw))
-    except (AttributeError, TypeError, ValueError) as e:
-        raise UserError(f"{directory / HF_CONFIG} is not a Llama/Mistral/Qwen3 config ({e}); "
-                        "export the model with lmforge") from None
-    if (directory / HF_INDEX).is_file():
-        index = json.loads((directory / HF_INDEX).read_text(encoding="utf-8"))
-        files = sorted(set(index["weight_map"].values()))
-    else:
-        files = ["model.safetensors"]
-    state: dict[str, torch.Tensor] = {}
-    for name in files:
-        if not (directory / name).is_file():
-            raise UserError(f"{directory / name} is missing; re-export the model")
-        state.update(load_file(str(directory / name)))
-    model = Transformer(cfg)
-    try:
-        model.load_state_dict(from_hf_state_dict(state, cfg))
-    except RuntimeError as e:
-        first = str(e).splitlines()[0]
-        raise UserError(f"weights in {directory} do not match its config.json ({first})") from None
-    return model

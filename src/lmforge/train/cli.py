@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from lmforge.errors import UserError
 from lmforge.train import clock  # noqa: F401 - notes the start time early (non-Linux)
@@ -24,9 +23,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     gen = sub.add_parser(
         "generate", help="sample text from a trained model",
-        description="Sample from a checkpoint (.pt), a model directory, or a run directory.",
+        description="Sample from a checkpoint (.pt), a model or HF export directory, or a run "
+        "directory.",
     )
-    gen.add_argument("checkpoint", help="checkpoint file, pretrain/model dir, or run dir")
+    gen.add_argument("checkpoint",
+                     help="checkpoint file, pretrain/model dir, HF export dir, or run dir")
     gen.add_argument("-p", "--prompt", default="\n", help="text to continue")
     gen.add_argument("-n", "--max-new-tokens", type=int, default=200)
     gen.add_argument("-t", "--temperature", type=float, default=0.8, help="0 = greedy")
@@ -90,7 +91,7 @@ def _pretrain(args: argparse.Namespace, overrides: list[str]) -> int:
 def _generate(args: argparse.Namespace, overrides: list[str]) -> int:
     import torch
 
-    from lmforge.model.files import load_model
+    from lmforge.model.files import find_tokenizer, load_model
     from lmforge.model.generate import stream
     from lmforge.model.tokenizer import load_tokenizer
 
@@ -103,7 +104,7 @@ def _generate(args: argparse.Namespace, overrides: list[str]) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda but no CUDA GPU is visible; use --device cpu")
     model, source = load_model(args.checkpoint, args.device)
-    tok = load_tokenizer(args.tokenizer or _find_tokenizer(source))
+    tok = load_tokenizer(args.tokenizer or find_tokenizer(source))
     prompt = tok.encode(args.prompt)
     if not prompt:
         raise UserError("the prompt encodes to no tokens; pass a non-empty --prompt")
@@ -116,14 +117,6 @@ def _generate(args: argparse.Namespace, overrides: list[str]) -> int:
             sys.stdout.flush()
         sys.stdout.write("\n" + ("-" * 40 + "\n" if i < args.num_samples - 1 else ""))
     return 0
-
-
-def _find_tokenizer(source: Path) -> Path:
-    """The tokenizer copied next to the model: pretrain/tokenizer for model/ or checkpoints/."""
-    for candidate in (source.parent / "tokenizer", source.parent.parent / "tokenizer"):
-        if (candidate / "tokenizer.json").is_file():
-            return candidate
-    raise UserError(f"no tokenizer found next to {source}; pass --tokenizer RUN_DIR/tokenizer")
 
 
 def _estimate(args: argparse.Namespace, overrides: list[str]) -> int:

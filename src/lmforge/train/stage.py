@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.config import Config
+from lmforge.io import remove_outputs
 from lmforge.pipeline import Stage, StageContext
 from lmforge.train.monitor import console
 
@@ -33,12 +34,7 @@ def _depends_on(cfg: Config) -> dict[str, Any]:
 
 def clear_outputs(out_dir: Path) -> None:
     """A fresh (not resumed) run starts from an empty stage directory."""
-    for name in OUTPUTS:
-        path = out_dir / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+    remove_outputs(out_dir, OUTPUTS)
 
 
 def copy_tokenizer(tokenizer_dir: Path, out_dir: Path) -> None:
