@@ -62,9 +62,16 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
-@functools.lru_cache(maxsize=8)
 def causal_bias(t: int, device: torch.device) -> Tensor:
-    """(t, t) fp32 scores offset: 0 where a query may look, -inf at later positions."""
+    """(t, t) fp32 scores offset: 0 where a query may look, -inf at later positions.
+    Built once per shape in eager mode; under torch.compile it is part of the graph."""
+    if torch.compiler.is_compiling():
+        return torch.full((t, t), float("-inf"), device=device).triu(1)
+    return _cached_causal_bias(t, device)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_causal_bias(t: int, device: torch.device) -> Tensor:
     return torch.full((t, t), float("-inf"), device=device).triu(1)
 
 
