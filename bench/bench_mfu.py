@@ -16,13 +16,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from corpus import random_tokens
 from lmforge.config import validate_config
-from lmforge.io import atomic_write_json
 from lmforge.model.config import count_params, flops_per_token
-from lmforge.tokenizer.format import META, bin_path, idx_path, make_meta, split_record
 from lmforge.train.mfu import measure_matmul_tflops
 from lmforge.train.runtime import auto_threads
 from lmforge.train.trainer import Trainer
@@ -32,18 +30,7 @@ VOCAB = 8192
 
 
 def token_dir() -> Path:
-    out = WORK / "tokens"
-    if (out / META).is_file():
-        return out
-    out.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    splits = {}
-    for split, n in (("train", 1_000_000), ("val", 50_000)):
-        rng.integers(0, VOCAB, n, dtype=np.uint16).tofile(bin_path(out, split))
-        np.array([0, n], dtype="<u8").tofile(idx_path(out, split))
-        splits[split] = split_record(out, split, "uint16", n * 4)
-    atomic_write_json(out / META, make_meta(VOCAB, {"eos": 0}, "0" * 64, splits))
-    return out
+    return random_tokens(WORK / "tokens", VOCAB, {"train": 1_000_000, "val": 50_000}, 4)
 
 
 def trainer(precision: str, batch: int, block: int, threads: int) -> Trainer:

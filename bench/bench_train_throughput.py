@@ -20,14 +20,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 
+from corpus import random_tokens
 from lmforge.config import validate_config
-from lmforge.io import atomic_write_json
 from lmforge.model.hf import load_into_hf
-from lmforge.tokenizer.format import META, bin_path, idx_path, make_meta, split_record
 from lmforge.train.runtime import auto_threads
 from lmforge.train.trainer import Trainer
 
@@ -37,19 +35,7 @@ BATCH, BLOCK, VOCAB = 12, 64, 65
 
 
 def token_dir() -> Path:
-    """Random char-like tokens (vocab 65): content does not change the speed of a step."""
-    out = WORK / "tokens"
-    if (out / META).is_file():
-        return out
-    out.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    splits = {}
-    for split, n in (("train", 400_000), ("val", 20_000)):
-        rng.integers(0, VOCAB, n, dtype=np.uint16).tofile(bin_path(out, split))
-        np.array([0, n], dtype="<u8").tofile(idx_path(out, split))
-        splits[split] = split_record(out, split, "uint16", n)
-    atomic_write_json(out / META, make_meta(VOCAB, {"eos": 0}, "0" * 64, splits))
-    return out
+    return random_tokens(WORK / "tokens", VOCAB, {"train": 400_000, "val": 20_000}, 1)
 
 
 def our_trainer(precision: str, threads: int | None = None, compile: bool = False) -> Trainer:

@@ -8,7 +8,11 @@ import shutil
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
+
 from lmforge.data.dedup.shingles import jaccard, word_ngrams
+from lmforge.io import atomic_write_json
+from lmforge.tokenizer.format import META, bin_path, idx_path, make_meta, split_record
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE = ROOT / ".." / "shared" / "data" / "tinyshakespeare.txt"
@@ -95,3 +99,19 @@ def build_corpus(target_mb: float, seed: int = 0) -> tuple[Path, list[tuple[str,
             for r in records[f * per : (f + 1) * per]:
                 fh.write(json.dumps(r, ensure_ascii=False) + "\n")
     return out, truth, len(records)
+
+
+def random_tokens(out: Path, vocab: int, counts: dict[str, int], bytes_per_token: int) -> Path:
+    """A tokenize-stage directory of uniform random tokens (one document per split), for
+    training benchmarks where the content does not change the speed of a step; built once."""
+    if (out / META).is_file():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    splits = {}
+    for split, n in counts.items():
+        rng.integers(0, vocab, n, dtype=np.uint16).tofile(bin_path(out, split))
+        np.array([0, n], dtype="<u8").tofile(idx_path(out, split))
+        splits[split] = split_record(out, split, "uint16", n * bytes_per_token)
+    atomic_write_json(out / META, make_meta(vocab, {"eos": 0}, "0" * 64, splits))
+    return out
