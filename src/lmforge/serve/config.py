@@ -40,8 +40,8 @@ class EngineConfig(Section):
     )
     device: str = Field("cpu", description="cpu, cuda or cuda:N")
     threads: int | None = Field(
-        None, ge=1, description="torch threads of the engine process on CPU (default: torch's, the "
-        "physical cores)"
+        None, ge=1, description="torch threads of the engine process on CPU (default: the physical "
+        "cores but one, which is left to the HTTP side)"
     )
     stop_tokens: list[str] = Field(
         default_factory=lambda: ["<|end|>"],

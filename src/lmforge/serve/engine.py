@@ -164,7 +164,7 @@ class Engine:
         ctx = multiprocessing.get_context("spawn")
         from_core, to_frontend = ctx.Pipe(duplex=False)
         from_frontend, self._to_core = ctx.Pipe(duplex=False)
-        threads = self.cfg.threads or torch.get_num_threads()
+        threads = self.cfg.threads or max(1, torch.get_num_threads() - 1)
         self._process = ctx.Process(
             target=run_core, name=f"lmforge-engine-{self.name}", daemon=True,
             args=(from_frontend, to_frontend, self._model, self.cfg, self.dtype,
