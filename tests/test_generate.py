@@ -92,3 +92,8 @@ def test_generate_command(saved: Path, capsys: pytest.CaptureFixture) -> None:
     assert "--top-p" in capsys.readouterr().err
     assert main(["generate", str(saved / "nowhere")]) == 2
     assert "nowhere does not exist" in capsys.readouterr().err
+    broken = saved / "export"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json", encoding="utf-8")
+    assert main(["generate", str(broken)]) == 2
+    assert "config.json is not a Llama/Mistral/Qwen3 config" in capsys.readouterr().err

@@ -46,7 +46,8 @@ def find_model_dir(path: Path) -> Path | None:
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Transformer, Path]:
-    """A model in eval mode and the file it came from (a .pt checkpoint or a model dir)."""
+    """A model in eval mode and where it came from (a .pt checkpoint, a model dir's weights
+    file, or an HF export dir)."""
     from lmforge.train import checkpoint
 
     path = Path(path)
@@ -102,8 +103,8 @@ def find_tokenizer(source: Path) -> Path:
 def _load_hf_export(directory: Path) -> Transformer:
     from types import SimpleNamespace
 
-    raw = json.loads((directory / HF_CONFIG).read_text(encoding="utf-8"))
     try:
+        raw = json.loads((directory / HF_CONFIG).read_text(encoding="utf-8"))
         cfg = from_hf_config(SimpleNamespace(**raw))
     except (AttributeError, TypeError, ValueError) as e:
         raise UserError(f"{directory / HF_CONFIG} is not a Llama/Mistral/Qwen3 config ({e}); "
