@@ -1,6 +1,6 @@
 """The server under load: 1, 4, 16 and 64 concurrent streaming clients.
 
-    python bench/bench_serve_load.py [--dim 128 --layers 4] [--tokens 64] [--requests 8]
+    python bench/bench_serve_load.py [--dim 128 --layers 4] [--tokens 64] [--device cuda]
 
 Writes a random-init model (default: the shakespeare-char shape, hidden 128, 4 layers) and a
 char tokenizer to bench/_work/serve, starts `lmforge serve` on it in its own process (audit
@@ -68,11 +68,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model: Path, port: int, audit: Path) -> subprocess.Popen:
+def start_server(model: Path, port: int, audit: Path, device: str) -> subprocess.Popen:
     audit.unlink(missing_ok=True)
     command = [sys.executable, "-m", "lmforge", "serve", str(model), "--name", "bench",
                "--port", str(port), "--audit", str(audit), "--max-batch", "64",
-               "--max-queue", "256"]
+               "--max-queue", "256", "--device", device]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     deadline = time.monotonic() + 180
@@ -99,11 +99,12 @@ def main() -> None:
     parser.add_argument("--min-requests", type=int, default=32, help="requests per level")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument("--device", default="cpu", help="the engine's device: cpu or cuda")
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     model = write_model(args)
     port, audit = free_port(), WORK / "audit.sqlite"
-    server = start_server(model, port, audit)
+    server = start_server(model, port, audit, args.device)
     url = f"http://127.0.0.1:{port}/v1/completions"
     body = {"model": "bench", "prompt": "To be, or not to be", "max_tokens": args.tokens,
             "temperature": 0.8, "ignore_eos": True, "stream": True,

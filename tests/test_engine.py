@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import signal
@@ -50,31 +51,35 @@ def engine(served):
 
 def reference_greedy(model: Transformer, prompt: list[int], n: int, stop: set[int]) -> list[int]:
     """Greedy decoding with the training model's plain forward pass (no cache)."""
-    ids = list(prompt)
+    ids, device = list(prompt), model.lm_head.weight.device
     with torch.no_grad():
         for _ in range(n):
-            token = int(model(torch.tensor([ids])).logits[0, -1].argmax())
+            token = int(model(torch.tensor([ids], device=device)).logits[0, -1].argmax())
             if token in stop:
                 break
             ids.append(token)
     return ids[len(prompt):]
 
 
-@pytest.mark.parametrize("overrides", [
+RUNNER_VARIANTS = [
     {}, {"n_kv_heads": 2}, {"qk_norm": True}, {"sliding_window": 5},
     {"tie_embeddings": False}, {"moe": {"num_experts": 4, "top_k": 2, "expert_ffn_dim": 16}},
-])
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 0.03)])
-def test_runner_logits_match_the_model(overrides: dict, dtype: torch.dtype, tol: float) -> None:
+]
+
+
+def worst_runner_error(overrides: dict, dtype: torch.dtype, device: torch.device) -> float:
+    """The largest logit gap between the runner (packed prefill, then decode steps with an
+    idle slot in the batch) and the training model's forward on the same sequences."""
     torch.manual_seed(0)
     model = Transformer(ModelConfig(**SMALL, **overrides)).eval()
-    reference = model.to(dtype)
-    runner = Runner(model, slots=4, dtype=dtype, device=torch.device("cpu"))
+    reference = copy.deepcopy(model).to(device=device, dtype=dtype)
+    runner = Runner(model, slots=4, dtype=dtype, device=device)
     seqs = [torch.randint(0, 37, (n,)).tolist() for n in (7, 3, 12)]
 
     def worst_error(logits: torch.Tensor) -> float:
         with torch.no_grad():
-            refs = [reference(torch.tensor([seq])).logits[0, -1].float() for seq in seqs]
+            refs = [reference(torch.tensor([seq], device=device)).logits[0, -1].float()
+                    for seq in seqs]
         return max((row.float() - ref).abs().max().item()
                    for row, ref in zip(logits, refs, strict=True))
 
@@ -85,30 +90,43 @@ def test_runner_logits_match_the_model(overrides: dict, dtype: torch.dtype, tol:
         for seq, token in zip(seqs, new, strict=True):
             seq.append(token)
         order = [1, 2, 0]  # slot -> sequence (the packed prefill put seqs[0] in slot 2)
-        logits = runner.decode(torch.tensor([new[i] for i in order] + [0]),
-                               torch.tensor([positions[i] for i in order] + [0]),
+        logits = runner.decode(torch.tensor([new[i] for i in order] + [0], device=device),
+                               torch.tensor([positions[i] for i in order] + [0], device=device),
                                max(positions) + 1)
         worst = max(worst, worst_error(logits[[2, 0, 1]]))
-    assert worst < tol
+    return worst
+
+
+@pytest.mark.parametrize("overrides", RUNNER_VARIANTS)
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 0.03)])
+def test_runner_logits_match_the_model(overrides: dict, dtype: torch.dtype, tol: float) -> None:
+    assert worst_runner_error(overrides, dtype, torch.device("cpu")) < tol
+
+
+def assert_greedy_equals_training_forward(served, engine: Engine, dtype: torch.dtype,
+                                          device: str = "cpu") -> None:
+    """Every dialogue's greedy reply through the engine is the training model's own."""
+    tok = served.tokenizer
+    reference = Transformer(served.model.cfg).to(device=device, dtype=dtype).eval()
+    reference.load_state_dict(served.model.state_dict())
+    stop = set(engine.stop_token_ids)
+    for user in DIALOGUES:
+        prompt = tok.encode(chat_text(user, "").rsplit("<|end|>", 1)[0])
+        out = engine.complete(prompt, SamplingParams(max_tokens=60, temperature=0))
+        assert out.token_ids == reference_greedy(reference, prompt, 60, stop)
+        assert out.text == DIALOGUES[user] and out.finish_reason == "stop"
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_engine_greedy_equals_training_forward(served, engine, dtype: torch.dtype) -> None:
-    tok = served.tokenizer
-    if dtype != torch.float32:
-        engine = make_engine(served, dtype=dtype, max_batch=4)
-    reference = Transformer(served.model.cfg).to(dtype).eval()
-    reference.load_state_dict(served.model.state_dict())
-    stop = set(engine.stop_token_ids)
+    if dtype == torch.float32:
+        assert_greedy_equals_training_forward(served, engine, dtype)
+        return
+    engine = make_engine(served, dtype=dtype, max_batch=4)
     try:
-        for user in DIALOGUES:
-            prompt = tok.encode(chat_text(user, "").rsplit("<|end|>", 1)[0])
-            out = engine.complete(prompt, SamplingParams(max_tokens=60, temperature=0))
-            assert out.token_ids == reference_greedy(reference, prompt, 60, stop)
-            assert out.text == DIALOGUES[user] and out.finish_reason == "stop"
+        assert_greedy_equals_training_forward(served, engine, dtype)
     finally:
-        if dtype != torch.float32:
-            engine.stop()
+        engine.stop()
 
 
 def test_seeded_output_does_not_depend_on_the_batch(served, engine) -> None:

@@ -17,13 +17,16 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 
 from lmforge.cli import main
 from lmforge.config import load_config
+from lmforge.errors import UserError
 from lmforge.serve.app import build_app
 from lmforge.serve.auth import KeyStore
 from lmforge.serve.chat import LocalChat, RemoteChat, chat_loop
 from lmforge.serve.config import ServeConfig
+from lmforge.serve.engine import visible_device
 from lmforge.serve.server import default_model_name
 from test_serve_support import DIALOGUES, ServerThread, make_model_dir, one_thread  # noqa: F401
 
@@ -149,6 +152,16 @@ def test_serve_config_section_and_cli_errors(tmp_path: Path, capsys) -> None:
     bad.write_text("serve:\n  models:\n    - {name: x}\n", encoding="utf-8")
     assert main(["serve", "-c", str(bad)]) == 2
     assert "give a path or at least one variant" in capsys.readouterr().err
+    assert main(["serve", str(tmp_path), "--max-batch", "0"]) == 2
+    assert "bad value for serve.engine.max_batch" in capsys.readouterr().err
+    assert main(["serve", str(tmp_path), "--device", "gpu"]) == 2
+    assert "the device must be cpu, cuda or cuda:N (got 'gpu')" in capsys.readouterr().err
+
+
+def test_a_gpu_that_is_not_there_is_a_user_error() -> None:
+    missing = f"cuda:{torch.cuda.device_count()}"
+    with pytest.raises(UserError, match=f"serve device {missing} is not visible"):
+        visible_device(missing)
 
 
 def test_chat_locally_keeps_history_and_trims_it(model_dir: Path, capsys, monkeypatch) -> None:

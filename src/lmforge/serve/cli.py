@@ -71,7 +71,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _serve(args: argparse.Namespace, overrides: list[str]) -> int:
-    from lmforge.config import load_config
+    from pydantic import ValidationError
+
+    from lmforge.config import describe_validation_error, load_config
     from lmforge.serve.config import ModelSpec
     from lmforge.serve.server import default_model_name, serve
 
@@ -98,7 +100,13 @@ def _serve(args: argparse.Namespace, overrides: list[str]) -> int:
         audit["enabled"] = False
     if audit:
         updates["audit"] = sc.audit.model_copy(update=audit)
-    serve(sc.model_validate({**sc.model_dump(), **{k: _dump(v) for k, v in updates.items()}}))
+    try:
+        final = sc.model_validate({**sc.model_dump(), **{k: _dump(v) for k, v in updates.items()}})
+    except ValidationError as e:  # a bad flag: name it as the config key it sets
+        message = describe_validation_error(e, type(sc))
+        raise UserError(message.replace("config: bad value for ", "bad value for serve.", 1)
+                        .replace("config: ", "", 1)) from None
+    serve(final)
     return 0
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from lmforge.schema import Section
 
@@ -47,6 +47,15 @@ class EngineConfig(Section):
         default_factory=lambda: ["<|end|>"],
         description="special tokens that end a reply besides eos (skipped when not in the vocab)",
     )
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        kind, _, index = value.partition(":")
+        if kind not in ("cpu", "cuda") or (index and not index.isdigit()) or (
+                kind == "cpu" and index):
+            raise ValueError("the device must be cpu, cuda or cuda:N")
+        return value
 
 
 class LimitsConfig(Section):

@@ -30,6 +30,7 @@ from typing import Protocol
 
 import torch
 
+from lmforge.errors import UserError
 from lmforge.model.llama import Transformer
 from lmforge.serve.config import EngineConfig
 from lmforge.serve.core import Output, Stats, run_core
@@ -139,7 +140,7 @@ class Engine:
         """`decode(ids) -> str` turns token ids into text (special tokens left out)."""
         self.cfg = cfg or EngineConfig()
         self.name = name
-        self.dtype = dtype or resolve_dtype(self.cfg.dtype, torch.device(self.cfg.device))
+        self.dtype = dtype or resolve_dtype(self.cfg.dtype, visible_device(self.cfg.device))
         self.context = model.cfg.max_seq_len
         self.vocab = model.cfg.vocab
         self.stop_token_ids = stop_token_ids
@@ -408,6 +409,15 @@ class _Mailbox:
             items, self._items, self._scheduled = self._items, [], False
         for inbox, delta in items:
             inbox.put_nowait(delta)
+
+
+def visible_device(name: str) -> torch.device:
+    """The engine's device; a GPU that is asked for but not there is the user's to fix."""
+    device = torch.device(name)
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"serve device {name} is not visible (this machine has "
+                        f"{torch.cuda.device_count()} CUDA GPUs); use --device cpu")
+    return device
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
