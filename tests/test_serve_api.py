@@ -135,6 +135,10 @@ def test_errors_come_back_as_openai_errors(client: openai.OpenAI, server) -> Non
     bad = httpx.post(url + "/v1/completions", content=b'{"model": "tiny", "prompt": ',
                      headers={"content-type": "application/json"})
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_json"
+    as_form = httpx.post(url + "/v1/completions",  # curl -d's default type: read as JSON
+                         content=b'{"model": "tiny", "prompt": "as a form", "max_tokens": 2}',
+                         headers={"content-type": "application/x-www-form-urlencoded"})
+    assert as_form.status_code == 200 and as_form.json()["usage"]["completion_tokens"] == 2
     big = httpx.post(url + "/v1/completions", json={"model": "tiny", "prompt": "x" * 5000})
     assert big.status_code == 413 and big.json()["error"]["code"] == "request_too_large"
     missing = httpx.get(url + "/v1/nothing")

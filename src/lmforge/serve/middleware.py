@@ -1,4 +1,5 @@
-"""ASGI middleware: per-request accounting (metrics + audit row) and the body size limit.
+"""ASGI middleware: per-request accounting (metrics + audit row), the body size limit, and
+JSON as the body type whatever a client declared.
 
 `Accounting` wraps every HTTP request: it hands the handlers an `AuditRecord` to fill in
 (key, model, variant, prompt, output, tokens, filter decisions) at
@@ -85,6 +86,7 @@ class Accounting:
                 finished = True
             await send(message)
 
+        scope["headers"] = _json_by_default(scope.get("headers", []))
         try:
             too_large = self._declared_too_large(scope)
             if too_large is not None:
@@ -126,6 +128,14 @@ class Accounting:
             return message
 
         return limited
+
+
+def _json_by_default(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """Every body this API takes is JSON, but `curl -d` declares a form by default: read it
+    as JSON (a body that is not JSON still gets a 400 saying so)."""
+    return [(name, b"application/json") if name == b"content-type"
+            and value.startswith(b"application/x-www-form-urlencoded") else (name, value)
+            for name, value in headers]
 
 
 async def _send_error(send: Send, error: APIError) -> None:
