@@ -7,8 +7,11 @@ lmforge_time_to_first_token_seconds, lmforge_generation_latency_seconds (histogr
 lmforge_generated_tokens_total, lmforge_tokens_per_second (over the last 10 s).
 Routing: lmforge_variant_requests_total{model,variant,outcome}, lmforge_fallbacks_total,
 lmforge_shadow_requests_total; safety: lmforge_filter_events_total{stage,rule}.
-P50/P99 come from the histograms, e.g.
-histogram_quantile(0.99, rate(lmforge_time_to_first_token_seconds_bucket[5m])).
+P50/P99 come from the histograms in Prometheus, e.g.
+histogram_quantile(0.99, rate(lmforge_time_to_first_token_seconds_bucket[5m])), and are also
+exported ready-made over the last RECENT requests for a person reading /metrics by hand:
+lmforge_request_latency_recent_seconds{route,quantile} and
+lmforge_time_to_first_token_recent_seconds{model,variant,quantile} (quantile 0.5 and 0.99).
 """
 
 from __future__ import annotations
@@ -25,10 +28,37 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 RATE_WINDOW_S = 10.0
+RECENT = 1000  # observations per label set behind the ready-made quantiles
+QUANTILES = (0.5, 0.99)
+
+
+class RecentQuantiles(Collector):
+    """P50 and P99 of the last RECENT observations per label set, computed at scrape."""
+
+    def __init__(self, name: str, documentation: str, labels: list[str]) -> None:
+        self.name, self.documentation, self.labels = name, documentation, labels
+        self._values: dict[tuple[str, ...], deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def observe(self, labels: tuple[str, ...], value: float) -> None:
+        with self._lock:
+            self._values.setdefault(labels, deque(maxlen=RECENT)).append(value)
+
+    def collect(self):
+        family = GaugeMetricFamily(self.name, self.documentation,
+                                   labels=[*self.labels, "quantile"])
+        with self._lock:
+            snapshot = {k: sorted(v) for k, v in self._values.items()}
+        for labels, ordered in snapshot.items():
+            for q in QUANTILES:
+                family.add_metric([*labels, str(q)], ordered[round(q * (len(ordered) - 1))])
+        yield family
 
 
 class Metrics:
@@ -43,7 +73,15 @@ class Metrics:
         self.latency = Histogram("lmforge_request_latency_seconds",
                                  "time from request to the end of the response", ["route"],
                                  buckets=LATENCY_BUCKETS, registry=r)
+        self.latency_recent = RecentQuantiles(
+            "lmforge_request_latency_recent_seconds",
+            f"request latency quantiles over the last {RECENT} requests", ["route"])
+        r.register(self.latency_recent)
         labels = ["model", "variant"]
+        self.ttft_recent = RecentQuantiles(
+            "lmforge_time_to_first_token_recent_seconds",
+            f"time to first token quantiles over the last {RECENT} requests", labels)
+        r.register(self.ttft_recent)
         self.queue = Gauge("lmforge_queue_depth", "requests waiting for a slot", labels,
                            registry=r)
         self.batch = Gauge("lmforge_batch_size", "sequences in the running batch", labels,
@@ -78,6 +116,7 @@ class Metrics:
         if status >= 400:
             self.errors.labels(route, str(status)).inc()
         self.latency.labels(route).observe(seconds)
+        self.latency_recent.observe((route,), seconds)
 
     def engine(self, model: str, variant: str) -> EngineMetrics:
         return EngineMetrics(self, model, variant)
@@ -94,6 +133,7 @@ class EngineMetrics:
         self.batch = metrics.batch.labels(model, variant)
         self.batch_hist = metrics.batch_hist.labels(model, variant)
         self.ttft = metrics.ttft.labels(model, variant)
+        self._ttft_recent, self._labels = metrics.ttft_recent, (model, variant)
         self.generation = metrics.generation.labels(model, variant)
         self.tokens = metrics.tokens.labels(model, variant)
         self._window: deque[tuple[float, int]] = deque()
@@ -122,6 +162,7 @@ class EngineMetrics:
 
     def first_token(self, seconds: float) -> None:
         self.ttft.observe(seconds)
+        self._ttft_recent.observe(self._labels, seconds)
 
     def finished(self, seconds: float, reason: str) -> None:
         self.generation.observe(seconds)
