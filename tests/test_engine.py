@@ -16,10 +16,11 @@ from safetensors.torch import save_file
 from lmforge.model.config import ModelConfig
 from lmforge.model.hf import to_hf_config, to_hf_state_dict
 from lmforge.model.llama import Transformer
+from lmforge.serve import core
 from lmforge.serve.artifacts import load_served_model
 from lmforge.serve.config import EngineConfig
 from lmforge.serve.engine import ContextLengthError, Engine, QueueFull
-from lmforge.serve.runner import Runner
+from lmforge.serve.runner import Decode, Runner
 from lmforge.serve.sampling import Sampler, SamplingParams
 from lmforge.serve.scheduler import Scheduler
 from lmforge.serve.textstream import TextStream
@@ -68,32 +69,41 @@ RUNNER_VARIANTS = [
 
 
 def worst_runner_error(overrides: dict, dtype: torch.dtype, device: torch.device) -> float:
-    """The largest logit gap between the runner (packed prefill, then decode steps with an
-    idle slot in the batch) and the training model's forward on the same sequences."""
+    """The largest logit gap between the runner and the training model's forward on the same
+    sequences: three prompts prefilled packed into slots 2, 0, 1; decode steps with slot 3
+    an idle dummy row; then a fourth prompt prefilled into slot 3 in the same forward pass
+    as a decode step (its dummy row included), and decode steps with all four."""
     torch.manual_seed(0)
     model = Transformer(ModelConfig(**SMALL, **overrides)).eval()
     reference = copy.deepcopy(model).to(device=device, dtype=dtype)
     runner = Runner(model, slots=4, dtype=dtype, device=device)
     seqs = [torch.randint(0, 37, (n,)).tolist() for n in (7, 3, 12)]
+    slot_of = [2, 0, 1]
 
-    def worst_error(logits: torch.Tensor) -> float:
+    def worst_error(logits: torch.Tensor, which: list[int]) -> float:
         with torch.no_grad():
-            refs = [reference(torch.tensor([seq], device=device)).logits[0, -1].float()
-                    for seq in seqs]
+            refs = [reference(torch.tensor([seqs[i]], device=device)).logits[0, -1].float()
+                    for i in which]
         return max((row.float() - ref).abs().max().item()
                    for row, ref in zip(logits, refs, strict=True))
 
-    worst = worst_error(runner.prefill([2, 0, 1], seqs))  # packed into one forward pass
-    for _ in range(12):  # slot 3 stays idle: a dummy row in every decode batch
-        new = torch.randint(0, 37, (3,)).tolist()
-        positions = [len(s) for s in seqs]
-        for seq, token in zip(seqs, new, strict=True):
-            seq.append(token)
-        order = [1, 2, 0]  # slot -> sequence (the packed prefill put seqs[0] in slot 2)
-        logits = runner.decode(torch.tensor([new[i] for i in order] + [0], device=device),
-                               torch.tensor([positions[i] for i in order] + [0], device=device),
-                               max(positions) + 1)
-        worst = max(worst, worst_error(logits[[2, 0, 1]]))
+    worst = worst_error(runner.prefill(slot_of, seqs), [0, 1, 2])  # one packed forward
+    for step in range(16):
+        live = list(range(len(seqs)))
+        tokens, positions = [0] * 4, [0] * 4  # an idle slot: token 0 at position 0
+        for i, token in zip(live, torch.randint(0, 37, (len(live),)).tolist(), strict=True):
+            tokens[slot_of[i]], positions[slot_of[i]] = token, len(seqs[i])
+            seqs[i].append(token)
+        decode = Decode(torch.tensor(tokens, device=device),
+                        torch.tensor(positions, device=device), max(positions) + 1)
+        if step == 12:
+            seqs.append(torch.randint(0, 37, (9,)).tolist())
+            slot_of.append(3)
+            logits, first = runner.step(decode, runner.pack([3], [seqs[3]]))
+            worst = max(worst, worst_error(first, [3]))
+        else:
+            logits = runner.decode(decode.tokens, decode.pos, decode.length)
+        worst = max(worst, worst_error(logits[[slot_of[i] for i in live]], live))
     return worst
 
 
@@ -186,7 +196,32 @@ def test_requests_join_and_leave_the_running_batch(served) -> None:
     assert short.completion_tokens == 5 and rest[-1].completion_tokens == 110
     assert 2 in steps.running  # the short one joined mid-flight ...
     assert steps.running[-1] == 0 and steps.running.index(2) > 0  # ... and both left
-    assert steps.running.count(2) >= 3  # prefill + 4 decode steps, the last one alone
+    assert steps.running.count(2) >= 3  # its prefill rides on a decode step, then 4 more
+
+
+def test_core_steps_mix_prompt_packs_with_the_running_batch(served, monkeypatch) -> None:
+    """Requests that join running ones, in two packs (PACK_TOKENS made small): the first
+    pack runs alone, the second in the same forward as the decode step; every greedy
+    output is still the training model's."""
+    monkeypatch.setattr(core, "PACK_TOKENS", 10)
+    tok = served.tokenizer
+    prompts = [tok.encode(chat_text(user, "").rsplit("<|end|>", 1)[0]) for user in DIALOGUES]
+    assert all(len(p) > 10 for p in prompts)
+    params = SamplingParams(max_tokens=15, temperature=0, ignore_eos=True)
+    tokens: dict[int, list[int]] = {i: [] for i in range(len(prompts))}
+    with torch.inference_mode():
+        engine_core = core.EngineCore(served.model, EngineConfig(max_batch=4), torch.float32,
+                                      frozenset())
+        engine_core.add(0, prompts[0], params)
+        for step in range(40):
+            if step == 3:  # two more join the running one, one pack each
+                for i in range(1, len(prompts)):
+                    engine_core.add(i, prompts[i], params)
+            for rid, token, _, _, error in engine_core.step():
+                assert error is None
+                tokens[rid].append(token)
+    for i, prompt in enumerate(prompts):
+        assert tokens[i] == reference_greedy(served.model, prompt, 15, set())
 
 
 def test_stop_strings_max_tokens_and_logprobs(served, engine) -> None:

@@ -13,9 +13,10 @@ has a CPU core to itself and sends one message per step carrying every request's
 turning tokens into text, stop strings and delivery to clients stay with the frontend.
 
 A step: drop cancelled requests (done as their messages arrive), admit waiting requests in
-arrival order while a slot is free and the prefill budget lasts, prefill each (its first
-token is sent at once: time to first token), then decode one token for every running
-sequence in a single forward pass and sample the whole batch at once. The core ends a
+arrival order while a slot is free and the prefill budget lasts, then run one forward pass
+that both prefills the admitted prompts (their first token: time to first token) and
+decodes one token for every running sequence, as vLLM v1 mixes prefill and decode in a
+step, and sample the whole batch at once. The core ends a
 request at `max_tokens` or on a stop token (eos, `<|end|>`); stop strings are found by the
 frontend, which then aborts the request here.
 """
@@ -30,7 +31,7 @@ import torch
 
 from lmforge.model.llama import Transformer
 from lmforge.serve.config import EngineConfig
-from lmforge.serve.runner import Runner
+from lmforge.serve.runner import Decode, Runner
 from lmforge.serve.sampling import Sampler, SamplingParams, TokenLogprob
 from lmforge.serve.scheduler import Scheduler
 
@@ -85,54 +86,62 @@ class EngineCore:
             self._release(req)
         self.requests.pop(rid, None)
 
-    def prefill(self) -> list[Output]:
-        """Admit what fits and prefill it (packed, PACK_TOKENS at a time); first tokens."""
-        out: list[Output] = []
-        pack: list[CoreRequest] = []
+    def step(self) -> list[Output]:
+        """Admit what fits, then one forward pass: a token for every running sequence and
+        the first token of each admitted prompt (when the admitted prompts exceed
+        PACK_TOKENS, the earlier packs are prefilled on their own first and decode here)."""
+        packs: list[list[CoreRequest]] = []
         for req in self.scheduler.admit():
-            if pack and sum(r.prompt_len for r in pack) + req.prompt_len > PACK_TOKENS:
-                out += self._prefill(pack)
-                pack = []
-            pack.append(req)
-        return out + (self._prefill(pack) if pack else [])
-
-    def decode(self) -> list[Output]:
-        """One token for every running sequence."""
-        rows = self.scheduler.batch()
-        if not rows:
-            return []
-        positions = [req.position if req is not None else 0 for req in rows]
-        b = len(rows)
-        try:
-            logits = self.runner.decode(self.next_tokens[:b],
-                                        torch.tensor(positions, device=self.device),
-                                        max(positions) + 1)
-            tokens, logprobs = self.sampler.sample(logits)
-        except Exception as e:  # fail this batch, keep serving
-            return [self._fail(req, f"decode failed: {type(e).__name__}: {e}")
-                    for req in rows if req is not None]
-        self.next_tokens[:b] = tokens
-        out = []
-        for req, token in zip(rows, tokens.tolist(), strict=True):
-            if req is not None:
-                out.append(self._emit(req, token, logprobs[req.slot] if logprobs else None))
+            if not packs or sum(r.prompt_len for r in packs[-1]) + req.prompt_len > PACK_TOKENS:
+                packs.append([])
+            packs[-1].append(req)
+        out: list[Output] = []
+        for pack in packs[:-1]:
+            out += self._run([], pack)
+        pack = packs[-1] if packs else []
+        rows = self._decode_rows({req.slot for req in pack})
+        if rows or pack:
+            out += self._run(rows, pack)
         return out
 
-    def _prefill(self, pack: list[CoreRequest]) -> list[Output]:
-        slots = [req.slot for req in pack]
-        prompts = [req.prompt for req in pack]
+    def _decode_rows(self, joining: set[int]) -> list[CoreRequest | None]:
+        """Slots 0..highest running (None: idle, or joining in this step's pack); [] when
+        none of them decodes."""
+        rows = [None if req is None or req.slot in joining else req
+                for req in self.scheduler.batch()]
+        return rows if any(req is not None for req in rows) else []
+
+    def _run(self, rows: list[CoreRequest | None], pack: list[CoreRequest]) -> list[Output]:
+        """One forward pass over a decode batch and/or a pack of prompts; their tokens."""
+        decode = None
+        if rows:
+            positions = [req.position if req is not None else 0 for req in rows]
+            decode = Decode(self.next_tokens[:len(rows)],
+                            torch.tensor(positions, device=self.device), max(positions) + 1)
         try:
-            logits = self.runner.prefill(slots, prompts)
-            self.sampler.add(slots, [req.params for req in pack], prompts)
-            tokens, logprobs = self.sampler.sample(logits, slots)
-        except Exception as e:  # a bad request must not stop the engine
-            return [self._fail(req, f"prefill failed: {type(e).__name__}: {e}")
-                    for req in pack]
-        self.next_tokens[torch.tensor(slots, device=self.device)] = tokens
+            logits, first = self.runner.step(
+                decode, self.runner.pack([r.slot for r in pack], [r.prompt for r in pack])
+                if pack else None)
+            if rows:  # before the pack's slots take their sampling state: no draws there
+                tokens, logprobs = self.sampler.sample(logits)
+                self.next_tokens[:len(rows)] = tokens
+            if pack:
+                slots = [req.slot for req in pack]
+                self.sampler.add(slots, [req.params for req in pack], [r.prompt for r in pack])
+                first_tokens, first_logprobs = self.sampler.sample(first, slots)
+                self.next_tokens[torch.tensor(slots, device=self.device)] = first_tokens
+        except Exception as e:  # fail these requests, keep serving
+            return [self._fail(req, f"generation failed: {type(e).__name__}: {e}")
+                    for req in [*rows, *pack] if req is not None]
         out = []
-        for i, (req, token) in enumerate(zip(pack, tokens.tolist(), strict=True)):
+        if rows:
+            for req, token in zip(rows, tokens.tolist(), strict=True):
+                if req is not None:
+                    out.append(self._emit(req, token, logprobs[req.slot] if logprobs else None))
+        for i, (req, token) in enumerate(zip(pack, first_tokens.tolist() if pack else [],
+                                             strict=True)):
             req.position = req.prompt_len - 1  # _emit moves it past the prompt
-            out.append(self._emit(req, token, logprobs[i] if logprobs else None))
+            out.append(self._emit(req, token, first_logprobs[i] if first_logprobs else None))
         return out
 
     def _emit(self, req: CoreRequest, token: int, logprob: TokenLogprob | None) -> Output:
@@ -193,11 +202,8 @@ def _loop(core: EngineCore, requests: Connection, outputs: Connection) -> None:
         if not core.busy:
             outputs.send(("step", [], core.stats()))  # e.g. all aborted: report idle
             continue
-        first = core.prefill()
-        if first:
-            outputs.send(("step", first, None))
-        out = core.decode()
-        outputs.send(("step", out, core.stats(len(first) + len(out))))
+        out = core.step()
+        outputs.send(("step", out, core.stats(len(out))))
 
 
 def _handle(core: EngineCore, message: tuple[Any, ...]) -> bool:
