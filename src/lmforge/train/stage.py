@@ -46,7 +46,7 @@ def copy_tokenizer(tokenizer_dir: Path, out_dir: Path) -> None:
 
 
 def run_pretrain(ctx: StageContext) -> dict[str, Any]:
-    from lmforge.train import checkpoint
+    from lmforge.train import checkpoint, distributed
     from lmforge.train.trainer import Trainer
 
     resume_from: Path | None = ctx.options.get("resume_from")
@@ -54,10 +54,14 @@ def run_pretrain(ctx: StageContext) -> dict[str, Any]:
         resume_from = checkpoint.latest(ctx.out_dir / "checkpoints")
         if resume_from is None:
             console.print("pretrain: --resume found no checkpoint; starting from scratch")
-    if resume_from is None:
-        clear_outputs(ctx.out_dir)
     tokenizer_dir = ctx.inputs["tokenizer"]
-    copy_tokenizer(tokenizer_dir, ctx.out_dir)
+    # Under torchrun only rank 0 clears and fills the stage directory: the other ranks wait
+    # for it in the process group's rendezvous (the Trainer's init), so none deletes a file
+    # another rank is deleting or has just written.
+    if distributed.detect().is_main:
+        if resume_from is None:
+            clear_outputs(ctx.out_dir)
+        copy_tokenizer(tokenizer_dir, ctx.out_dir)
     trainer = Trainer(ctx.cfg, ctx.out_dir, ctx.inputs["tokenize"], tokenizer_dir)
     return trainer.fit(resume_from)
 
