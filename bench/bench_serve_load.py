@@ -1,13 +1,16 @@
 """The server under load: 1, 4, 16 and 64 concurrent streaming clients.
 
     python bench/bench_serve_load.py [--dim 128 --layers 4] [--tokens 64] [--device cuda]
+                                     [--no-prefix-cache]
 
 Writes a random-init model (default: the shakespeare-char shape, hidden 128, 4 layers) and a
 char tokenizer to bench/_work/serve, starts `lmforge serve` on it in its own process (audit
 log on, default engine settings with max_batch 64), and drives it with `loadgen` from this
 process: each client sends --requests streaming completions of exactly --tokens tokens
 (ignore_eos) one after another (at least --min-requests per level, so one client sends
-enough to average). The sweep runs --rounds times; each round prints its tokens/s per level
+enough to average). Every request has the same prompt, so with the prefix cache on (the
+default) each one after the first is prefilled for its last token only; --no-prefix-cache
+prefills every prompt whole. The sweep runs --rounds times; each round prints its tokens/s per level
 and its own ratios to 1 client (both sides measured minutes apart, on the same server), and
 at the end the best round of each level counts (the machine is shared). For every level it
 prints requests/s, output tokens/s, time to first token and latency (P50/P99) and errors;
@@ -68,11 +71,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model: Path, port: int, audit: Path, device: str) -> subprocess.Popen:
+def start_server(model: Path, port: int, audit: Path, args: argparse.Namespace
+                 ) -> subprocess.Popen:
     audit.unlink(missing_ok=True)
     command = [sys.executable, "-m", "lmforge", "serve", str(model), "--name", "bench",
                "--port", str(port), "--audit", str(audit), "--max-batch", "64",
-               "--max-queue", "256", "--device", device]
+               "--max-queue", "256", "--device", args.device,
+               f"--serve.engine.prefix_cache={str(args.prefix_cache).lower()}"]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     deadline = time.monotonic() + 180
@@ -100,11 +105,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--device", default="cpu", help="the engine's device: cpu or cuda")
+    parser.add_argument("--no-prefix-cache", dest="prefix_cache", action="store_false",
+                        help="prefill every prompt whole (every request sends the same one)")
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     model = write_model(args)
     port, audit = free_port(), WORK / "audit.sqlite"
-    server = start_server(model, port, audit, args.device)
+    server = start_server(model, port, audit, args)
     url = f"http://127.0.0.1:{port}/v1/completions"
     body = {"model": "bench", "prompt": "To be, or not to be", "max_tokens": args.tokens,
             "temperature": 0.8, "ignore_eos": True, "stream": True,

@@ -90,12 +90,14 @@ def worst_runner_error(overrides: dict, dtype: torch.dtype, device: torch.device
     worst = worst_error(runner.prefill(slot_of, seqs), [0, 1, 2])  # one packed forward
     for step in range(16):
         live = list(range(len(seqs)))
-        tokens, positions = [0] * 4, [0] * 4  # an idle slot: token 0 at position 0
+        idle = SMALL["max_seq_len"] - 1  # an idle slot: token 0 at the last position
+        tokens, positions = [0] * 4, [idle] * 4
         for i, token in zip(live, torch.randint(0, 37, (len(live),)).tolist(), strict=True):
             tokens[slot_of[i]], positions[slot_of[i]] = token, len(seqs[i])
             seqs[i].append(token)
         decode = Decode(torch.tensor(tokens, device=device),
-                        torch.tensor(positions, device=device), max(positions) + 1)
+                        torch.tensor(positions, device=device),
+                        max(len(seqs[i]) for i in live))
         if step == 12:
             seqs.append(torch.randint(0, 37, (9,)).tolist())
             slot_of.append(3)
@@ -107,10 +109,46 @@ def worst_runner_error(overrides: dict, dtype: torch.dtype, device: torch.device
     return worst
 
 
+def worst_prefix_error(overrides: dict, dtype: torch.dtype, device: torch.device) -> float:
+    """Like `worst_runner_error` for prompts that reuse another slot's prefix: one prompt
+    prefilled in slot 0; a second sharing its first 9 tokens and a third equal to it, each
+    given slot 0's prefix (`copy_prefix`) and prefilled for the rest only, together; then
+    decode steps for all three."""
+    torch.manual_seed(1)
+    model = Transformer(ModelConfig(**SMALL, **overrides)).eval()
+    reference = copy.deepcopy(model).to(device=device, dtype=dtype)
+    runner = Runner(model, slots=4, dtype=dtype, device=device)
+    first = torch.randint(0, 37, (14,)).tolist()
+    seqs = [first, first[:9] + torch.randint(0, 37, (5,)).tolist(), list(first)]
+
+    def worst_error(logits: torch.Tensor, which: list[int]) -> float:
+        with torch.no_grad():
+            refs = [reference(torch.tensor([seqs[i]], device=device)).logits[0, -1].float()
+                    for i in which]
+        return max((row.float() - ref).abs().max().item()
+                   for row, ref in zip(logits, refs, strict=True))
+
+    worst = worst_error(runner.prefill([0], [seqs[0]]), [0])
+    runner.copy_prefix(0, 1, 9)
+    runner.copy_prefix(0, 2, 13)
+    rest = runner.step(None, runner.pack([1, 2], [seqs[1][9:], seqs[2][13:]], [9, 13]))[1]
+    worst = max(worst, worst_error(rest, [1, 2]))
+    for _ in range(6):
+        new = torch.randint(0, 37, (3,)).tolist()
+        positions = [len(seq) for seq in seqs]
+        for seq, token in zip(seqs, new, strict=True):
+            seq.append(token)
+        logits = runner.decode(torch.tensor(new, device=device),
+                               torch.tensor(positions, device=device), max(positions) + 1)
+        worst = max(worst, worst_error(logits, [0, 1, 2]))
+    return worst
+
+
 @pytest.mark.parametrize("overrides", RUNNER_VARIANTS)
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 0.03)])
 def test_runner_logits_match_the_model(overrides: dict, dtype: torch.dtype, tol: float) -> None:
     assert worst_runner_error(overrides, dtype, torch.device("cpu")) < tol
+    assert worst_prefix_error(overrides, dtype, torch.device("cpu")) < tol
 
 
 def assert_greedy_equals_training_forward(served, engine: Engine, dtype: torch.dtype,
@@ -222,6 +260,45 @@ def test_core_steps_mix_prompt_packs_with_the_running_batch(served, monkeypatch)
                 tokens[rid].append(token)
     for i, prompt in enumerate(prompts):
         assert tokens[i] == reference_greedy(served.model, prompt, 15, set())
+
+
+def run_core_requests(served, prompts: list[list[int]], joins: list[int],
+                      prefix_cache: bool = True) -> tuple[list[list[int]], list[int]]:
+    """Greedy, 6 tokens each, through an in-process EngineCore: prompt i is added at step
+    joins[i]; each one's tokens, and how many of its prompt positions it took from keys
+    already in the cache."""
+    params = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
+    outputs: list[list[int]] = [[] for _ in prompts]
+    cached = [0] * len(prompts)
+    with torch.inference_mode():
+        engine_core = core.EngineCore(
+            served.model, EngineConfig(max_batch=4, prefix_cache=prefix_cache),
+            torch.float32, frozenset())
+        for step in range(40):
+            for rid in (i for i, at in enumerate(joins) if at == step):
+                engine_core.add(rid, prompts[rid], params)
+            for rid, token, *_ in engine_core.step():
+                outputs[rid].append(token)
+                if len(outputs[rid]) == 1:
+                    cached[rid] = engine_core.requests[rid].cached
+    return outputs, cached
+
+
+def test_prompts_reuse_the_keys_of_earlier_sequences(served) -> None:
+    """The same prompt while the first still runs (its keys copied from the running slot),
+    then a chat that comes back with its history plus a new turn (from the idle slots):
+    each is prefilled only past what the cache holds, and greedy output is unchanged."""
+    tok = served.tokenizer
+    first = tok.encode("where is the cat")  # not token 0 first: see the runner's dummy rows
+    assert first[0] != 0
+    history, _ = run_core_requests(served, [first], [0])
+    follow_up = first + history[0][:5] + tok.encode(" and the dog")
+    prompts, joins = [first, list(first), follow_up], [0, 2, 20]
+    outputs, cached = run_core_requests(served, prompts, joins)
+    assert cached == [0, len(first) - 1, len(first) + 5]  # 6 made, 5 fed back: in the cache
+    assert outputs == run_core_requests(served, prompts, joins, prefix_cache=False)[0]
+    for prompt, out in zip(prompts, outputs, strict=True):
+        assert out == reference_greedy(served.model, prompt, 6, set())
 
 
 def test_stop_strings_max_tokens_and_logprobs(served, engine) -> None:

@@ -43,6 +43,10 @@ class EngineConfig(Section):
         None, ge=1, description="torch threads of the engine process on CPU (default: the physical "
         "cores but one, which is left to the HTTP side)"
     )
+    prefix_cache: bool = Field(
+        True, description="a prompt that starts like a sequence in another cache slot reuses "
+        "that slot's keys for the shared part and is prefilled for the rest only"
+    )
     stop_tokens: list[str] = Field(
         default_factory=lambda: ["<|end|>"],
         description="special tokens that end a reply besides eos (skipped when not in the vocab)",

@@ -13,12 +13,13 @@ has a CPU core to itself and sends one message per step carrying every request's
 turning tokens into text, stop strings and delivery to clients stay with the frontend.
 
 A step: drop cancelled requests (done as their messages arrive), admit waiting requests in
-arrival order while a slot is free and the prefill budget lasts, then run one forward pass
-that both prefills the admitted prompts (their first token: time to first token) and
-decodes one token for every running sequence, as vLLM v1 mixes prefill and decode in a
-step, and sample the whole batch at once. The core ends a
-request at `max_tokens` or on a stop token (eos, `<|end|>`); stop strings are found by the
-frontend, which then aborts the request here.
+arrival order while a slot is free and the prefill budget lasts, give each the keys of the
+longest start of its prompt that some slot holds (`prefix`), then run one forward pass
+that both prefills the rest of the admitted prompts (their first token: time to first
+token) and decodes one token for every running sequence, as vLLM v1 mixes prefill and
+decode in a step, and sample the whole batch at once. The core ends a request at
+`max_tokens` or on a stop token (eos, `<|end|>`); stop strings are found by the frontend,
+which then aborts the request here.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import torch
 
 from lmforge.model.llama import Transformer
 from lmforge.serve.config import EngineConfig
+from lmforge.serve.prefix import longest_prefix
 from lmforge.serve.runner import Decode, Runner
 from lmforge.serve.sampling import Sampler, SamplingParams, TokenLogprob
 from lmforge.serve.scheduler import Scheduler
@@ -42,13 +44,15 @@ PACK_TOKENS = 1024  # prompt tokens prefilled in one forward (attention is quadr
 
 
 class CoreRequest:
-    __slots__ = ("generated", "id", "params", "position", "prompt", "slot")
+    __slots__ = ("cached", "generated", "id", "ids", "params", "position", "prompt", "slot")
 
     def __init__(self, rid: int, prompt: list[int], params: SamplingParams) -> None:
         self.id, self.prompt, self.params = rid, prompt, params
         self.slot = -1
         self.position = 0  # tokens in the cache; the next input token goes here
         self.generated = 0
+        self.ids = list(prompt)  # the prompt, then every token made
+        self.cached = 0  # first prompt positions taken from another slot's cache
 
     @property
     def prompt_len(self) -> int:
@@ -67,6 +71,8 @@ class EngineCore:
                                                            cfg.max_prefill_tokens)
         self.requests: dict[int, CoreRequest] = {}
         self.next_tokens = torch.zeros(cfg.max_batch, dtype=torch.long, device=device)
+        self.prefix_cache = cfg.prefix_cache
+        self.left: list[list[int]] = [[] for _ in range(cfg.max_batch)]  # see _release
 
     @property
     def busy(self) -> bool:
@@ -90,9 +96,13 @@ class EngineCore:
         """Admit what fits, then one forward pass: a token for every running sequence and
         the first token of each admitted prompt (when the admitted prompts exceed
         PACK_TOKENS, the earlier packs are prefilled on their own first and decode here)."""
+        admitted = self.scheduler.admit()
+        if self.prefix_cache and admitted:
+            self._reuse_prefixes(admitted)
         packs: list[list[CoreRequest]] = []
-        for req in self.scheduler.admit():
-            if not packs or sum(r.prompt_len for r in packs[-1]) + req.prompt_len > PACK_TOKENS:
+        for req in admitted:
+            new = req.prompt_len - req.cached
+            if not packs or sum(r.prompt_len - r.cached for r in packs[-1]) + new > PACK_TOKENS:
                 packs.append([])
             packs[-1].append(req)
         out: list[Output] = []
@@ -103,6 +113,27 @@ class EngineCore:
         if rows or pack:
             out += self._run(rows, pack)
         return out
+
+    def _reuse_prefixes(self, admitted: list[CoreRequest]) -> None:
+        """Give each admitted request the longest start of its prompt that a slot holds
+        (copied before this step's forward pass; slots being filled in it offer nothing,
+        except a request's own slot, whose old contents need no copy)."""
+        joining = {req.slot for req in admitted}
+        holdings = []
+        for slot, left in enumerate(self.left):
+            running = self.scheduler.running.get(slot)
+            if slot in joining:
+                continue
+            if running is not None:
+                holdings.append((slot, running.ids, running.position))
+            elif left:
+                holdings.append((slot, left, len(left)))
+        for req in admitted:
+            own = (req.slot, self.left[req.slot], len(self.left[req.slot]))
+            slot, length = longest_prefix(req.prompt, [*holdings, own])
+            if length and slot != req.slot:
+                self.runner.copy_prefix(slot, req.slot, length)
+            req.cached = length
 
     def _decode_rows(self, joining: set[int]) -> list[CoreRequest | None]:
         """Slots 0..highest running (None: idle, or joining in this step's pack); [] when
@@ -115,13 +146,16 @@ class EngineCore:
         """One forward pass over a decode batch and/or a pack of prompts; their tokens."""
         decode = None
         if rows:
-            positions = [req.position if req is not None else 0 for req in rows]
+            last = self.runner.context - 1  # idle rows: see runner's docstring
+            positions = [req.position if req is not None else last for req in rows]
             decode = Decode(self.next_tokens[:len(rows)],
-                            torch.tensor(positions, device=self.device), max(positions) + 1)
+                            torch.tensor(positions, device=self.device),
+                            max(req.position for req in rows if req is not None) + 1)
         try:
-            logits, first = self.runner.step(
-                decode, self.runner.pack([r.slot for r in pack], [r.prompt for r in pack])
-                if pack else None)
+            prompts = self.runner.pack([r.slot for r in pack],
+                                       [r.prompt[r.cached:] for r in pack],
+                                       [r.cached for r in pack]) if pack else None
+            logits, first = self.runner.step(decode, prompts)
             if rows:  # before the pack's slots take their sampling state: no draws there
                 tokens, logprobs = self.sampler.sample(logits)
                 self.next_tokens[:len(rows)] = tokens
@@ -147,6 +181,7 @@ class EngineCore:
     def _emit(self, req: CoreRequest, token: int, logprob: TokenLogprob | None) -> Output:
         req.position += 1
         req.generated += 1
+        req.ids.append(token)
         finish = None
         if token in self.stop_token_ids and not req.params.ignore_eos:
             finish = "stop"
@@ -163,7 +198,10 @@ class EngineCore:
         return req.id, -1, None, "error", message
 
     def _release(self, req: CoreRequest) -> None:
+        """Free the request's slot; its cache keeps the first `position` tokens' keys
+        (until the slot is reused), which later prompts may start with."""
         if req.slot >= 0 and self.scheduler.running.get(req.slot) is req:
+            self.left[req.slot] = req.ids[:min(req.position, self.runner.context - 1)]
             self.scheduler.release(req)
             self.runner.free(req.slot)
             self.sampler.remove(req.slot)

@@ -21,7 +21,10 @@ to issue as few ops as possible, on tensors made once at load time:
   is built per step; attention reads a length rounded up to `BUCKET` positions.
 
 Rows of a decode batch are slots 0..B-1; a slot with no sequence decodes a dummy token at
-position 0 (its row is thrown away), which keeps the batch a plain slice of every buffer.
+the last position of the context (its row is thrown away; its mask row keeps position 0
+open, so its softmax stays finite), which keeps the batch a plain slice of every buffer.
+The dummy's key lands where no sequence reads before writing it, so an idle slot keeps the
+keys its last sequence left, for a later prompt that starts the same way (`copy_prefix`).
 """
 
 from __future__ import annotations
@@ -60,14 +63,17 @@ class Decode:
 
 @dataclass
 class Pack:
-    ids: Tensor  # (N,) the prompts' tokens one after the other
-    pos: Tensor  # (N,) each token's position in its prompt
+    ids: Tensor  # (N,) the prompts' new tokens one after the other
+    pos: Tensor  # (N,) each token's position in its sequence
     slots: Tensor  # (P,) each prompt's cache slot
-    lens: Tensor  # (P,)
+    lens: Tensor  # (P,) each prompt's whole length, cached prefix included
     last: Tensor  # (P,) index of each prompt's last token in ids
     rows: Tensor  # (N * kv_heads,) where each key goes in a layer's flattened cache
     causal: bool  # one prompt: plain causal attention, no mask
     mask: Tensor | None  # several: causal within each prompt only
+    # when a prompt continues a prefix already in its slot, each prompt attends to its
+    # slot's cache instead: (slot, first row in ids, new tokens, whole length, mask)
+    spans: list[tuple[int, int, int, int, Tensor | None]] | None = None
 
 
 class Runner:
@@ -163,20 +169,48 @@ class Runner:
         self.mask[slot].fill_(float("-inf"))
         self.mask[slot, 0] = 0.0
 
-    def pack(self, slots: list[int], prompts: list[list[int]]) -> Pack:
-        """Prompts to prefill together, packed one after the other into their slots."""
-        lens = torch.tensor([len(p) for p in prompts], device=self.device)
-        n, kvh = int(lens.sum()), self.kv_heads
+    def pack(self, slots: list[int], prompts: list[list[int]],
+             cached: list[int] | None = None) -> Pack:
+        """Prompts to prefill together, packed one after the other into their slots;
+        `cached[i]`: how many of prompt i's first positions its slot already holds
+        (`copy_prefix`), so `prompts[i]` is only the rest."""
+        cached = cached or [0] * len(prompts)
+        new = torch.tensor([len(p) for p in prompts], device=self.device)
+        offset = torch.tensor(cached, device=self.device)
+        n, kvh = int(new.sum()), self.kv_heads
         ids = torch.tensor([t for p in prompts for t in p], device=self.device)
-        segment = torch.repeat_interleave(torch.arange(len(prompts), device=self.device), lens)
-        starts = torch.cumsum(lens, 0) - lens
-        pos = torch.arange(n, device=self.device) - starts[segment]
+        segment = torch.repeat_interleave(torch.arange(len(prompts), device=self.device), new)
+        starts = torch.cumsum(new, 0) - new
+        pos = torch.arange(n, device=self.device) - starts[segment] + offset[segment]
         slot = torch.tensor(slots, device=self.device)
         # where each token's keys go in a layer's cache viewed as (slots * kv_heads * context, hd)
         heads = torch.arange(kvh, device=self.device)
         rows = ((slot[segment, None] * kvh + heads) * self.context + pos[:, None]).view(-1)
-        causal, mask = self._prefill_mask(segment, pos, len(prompts))
-        return Pack(ids, pos, slot, lens, starts + lens - 1, rows, causal, mask)
+        last = starts + new - 1
+        if not any(cached):
+            causal, mask = self._prefill_mask(segment, pos, len(prompts))
+            return Pack(ids, pos, slot, new, last, rows, causal, mask)
+        spans, first = [], 0
+        for s, m, p in zip(slots, cached, prompts, strict=True):
+            spans.append((s, first, len(p), m + len(p), self._span_mask(m, len(p))))
+            first += len(p)
+        return Pack(ids, pos, slot, new + offset, last, rows, False, None, spans)
+
+    def _span_mask(self, start: int, n: int) -> Tensor | None:
+        """Positions start..start+n-1 attending to keys 0..start+n-1: causal (and within
+        the sliding window); None when every query sees every key."""
+        q = torch.arange(start, start + n, device=self.device)[:, None]
+        k = torch.arange(start + n, device=self.device)[None, :]
+        allowed = k <= q
+        if self.window is not None:
+            allowed &= k > q - self.window
+        return None if n == 1 and bool(allowed.all()) else allowed
+
+    def copy_prefix(self, source: int, target: int, length: int) -> None:
+        """Give slot `target` the keys and values of slot `source`'s first `length`
+        positions (a prompt that starts the way another sequence did)."""
+        self.k[:, target, :, :length] = self.k[:, source, :, :length]
+        self.v[:, target, :, :length] = self.v[:, source, :, :length]
 
     @torch.no_grad()
     def prefill(self, slots: list[int], prompts: list[list[int]]) -> Tensor:
@@ -198,8 +232,7 @@ class Runner:
         apart (a pack's first step costs about one decode step less than its own pass).
         Logits of the decode rows (B, V) and of each prompt's last token (P, V).
 
-        A slot in both (a request admitted this step) must be a dummy decode row at
-        position 0: its key there is written first and then overwritten by its prompt."""
+        A slot in both (a request admitted this step) is a dummy decode row there."""
         b = decode.tokens.size(0) if decode is not None else 0
         if decode is None:
             ids, pos = pack.ids, pack.pos
@@ -261,12 +294,28 @@ class Runner:
         v = qkv[:, self.n_qk:].reshape(n * kvh, hd)
         self.k_layers[layer].view(-1, hd).index_copy_(0, pack.rows, k)
         self.v_layers[layer].view(-1, hd).index_copy_(0, pack.rows, v)
+        if pack.spans is not None:
+            return self._attend_spans(layer, qk[:, :self.n_q], pack.spans)
         y = F.scaled_dot_product_attention(
             qk[:, :self.n_q].view(n, self.heads, hd).transpose(0, 1).unsqueeze(0),
             k.view(n, kvh, hd).transpose(0, 1).unsqueeze(0),
             v.view(n, kvh, hd).transpose(0, 1).unsqueeze(0), attn_mask=pack.mask,
             is_causal=pack.causal, enable_gqa=kvh != self.heads)
         return y[0].transpose(0, 1).reshape(n, -1)
+
+    def _attend_spans(self, layer: int, q: Tensor,
+                      spans: list[tuple[int, int, int, int, Tensor | None]]) -> Tensor:
+        """Each prompt's new queries over its slot's cache: the reused prefix and the keys
+        just written."""
+        keys, values, hd = self.k_layers[layer], self.v_layers[layer], self.head_dim
+        out = []
+        for slot, first, n, length, mask in spans:
+            y = F.scaled_dot_product_attention(
+                q[first:first + n].view(n, self.heads, hd).transpose(0, 1).unsqueeze(0),
+                keys[slot, :, :length].unsqueeze(0), values[slot, :, :length].unsqueeze(0),
+                attn_mask=mask, enable_gqa=self.kv_heads != self.heads)
+            out.append(y[0].transpose(0, 1).reshape(n, -1))
+        return torch.cat(out) if len(out) > 1 else out[0]
 
     def _open_pack(self, pack: Pack) -> None:
         """Each prompt's slot now attends to its prompt (within the sliding window)."""
