@@ -204,11 +204,14 @@ class Steps:
 
     def __init__(self) -> None:
         self.running: list[int] = []
-        self.tokens = 0
+        self.tokens = self.prompt_tokens = self.cached_tokens = 0
 
-    def step(self, running: int, waiting: int, tokens: int) -> None:
+    def step(self, running: int, waiting: int, tokens: int, prompt_tokens: int,
+             cached_tokens: int) -> None:
         self.running.append(running)
         self.tokens += tokens
+        self.prompt_tokens += prompt_tokens
+        self.cached_tokens += cached_tokens
 
     def first_token(self, seconds: float) -> None:
         pass
@@ -235,6 +238,8 @@ def test_requests_join_and_leave_the_running_batch(served) -> None:
     assert 2 in steps.running  # the short one joined mid-flight ...
     assert steps.running[-1] == 0 and steps.running.index(2) > 0  # ... and both left
     assert steps.running.count(2) >= 3  # its prefill rides on a decode step, then 4 more
+    # the short one starts like the long one: all of its prompt but the last token reused
+    assert (steps.prompt_tokens, steps.cached_tokens) == (2 * len(prompt), len(prompt) - 1)
 
 
 def test_core_steps_mix_prompt_packs_with_the_running_batch(served, monkeypatch) -> None:

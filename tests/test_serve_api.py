@@ -205,6 +205,7 @@ def test_health_ready_and_metrics(server, client) -> None:
                  "lmforge_time_to_first_token_seconds_bucket",
                  "lmforge_request_latency_seconds_bucket", "lmforge_queue_depth{",
                  "lmforge_batch_size{", "lmforge_tokens_per_second{",
+                 "lmforge_prompt_tokens_total{", "lmforge_prefix_cache_hit_tokens_total{",
                  'lmforge_request_errors_total{route="/v1/completions",status="400"}',
                  'lmforge_request_latency_recent_seconds{quantile="0.99",route="/v1/completions"}',
                  'lmforge_time_to_first_token_recent_seconds{model="tiny",quantile="0.5"'):

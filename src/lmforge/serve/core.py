@@ -39,7 +39,8 @@ from lmforge.serve.scheduler import Scheduler
 
 # (request id, token id, logprob or None, finish reason or None, error or None)
 Output = tuple[int, int, TokenLogprob | None, str | None, str | None]
-Stats = tuple[int, int, int]  # running, waiting, tokens made in the step
+# running, waiting, tokens made in the step, prompt tokens admitted, of them taken from the cache
+Stats = tuple[int, int, int, int, int]
 PACK_TOKENS = 1024  # prompt tokens prefilled in one forward (attention is quadratic in it)
 
 
@@ -73,13 +74,16 @@ class EngineCore:
         self.next_tokens = torch.zeros(cfg.max_batch, dtype=torch.long, device=device)
         self.prefix_cache = cfg.prefix_cache
         self.left: list[list[int]] = [[] for _ in range(cfg.max_batch)]  # see _release
+        self.admitted = [0, 0]  # prompt tokens admitted since the last stats, and reused
 
     @property
     def busy(self) -> bool:
         return bool(self.requests)
 
     def stats(self, tokens: int = 0) -> Stats:
-        return len(self.scheduler.running), self.scheduler.waiting, tokens
+        """The step's figures for the frontend (each admitted prompt counted once)."""
+        (prompt, cached), self.admitted = self.admitted, [0, 0]
+        return len(self.scheduler.running), self.scheduler.waiting, tokens, prompt, cached
 
     def add(self, rid: int, prompt: list[int], params: SamplingParams) -> None:
         req = CoreRequest(rid, prompt, params)
@@ -99,6 +103,8 @@ class EngineCore:
         admitted = self.scheduler.admit()
         if self.prefix_cache and admitted:
             self._reuse_prefixes(admitted)
+        self.admitted[0] += sum(req.prompt_len for req in admitted)
+        self.admitted[1] += sum(req.cached for req in admitted)
         packs: list[list[CoreRequest]] = []
         for req in admitted:
             new = req.prompt_len - req.cached

@@ -73,13 +73,15 @@ class Delta:
 
 
 class EngineObserver(Protocol):
-    def step(self, running: int, waiting: int, tokens: int) -> None: ...
+    def step(self, running: int, waiting: int, tokens: int, prompt_tokens: int,
+             cached_tokens: int) -> None: ...
     def first_token(self, seconds: float) -> None: ...
     def finished(self, seconds: float, reason: str) -> None: ...
 
 
 class _NoMetrics:
-    def step(self, running: int, waiting: int, tokens: int) -> None:
+    def step(self, running: int, waiting: int, tokens: int, prompt_tokens: int,
+             cached_tokens: int) -> None:
         pass
 
     def first_token(self, seconds: float) -> None:

@@ -4,7 +4,9 @@ HTTP: lmforge_requests_total{route,status}, lmforge_request_errors_total{route,s
 lmforge_request_latency_seconds{route} (histogram). Engine, per model and variant:
 lmforge_queue_depth, lmforge_batch_size (gauges), lmforge_batch_size_per_step,
 lmforge_time_to_first_token_seconds, lmforge_generation_latency_seconds (histograms),
-lmforge_generated_tokens_total, lmforge_tokens_per_second (over the last 10 s).
+lmforge_generated_tokens_total, lmforge_tokens_per_second (over the last 10 s),
+lmforge_prompt_tokens_total and lmforge_prefix_cache_hit_tokens_total (their ratio: the
+share of prompt tokens whose keys were reused).
 Routing: lmforge_variant_requests_total{model,variant,outcome}, lmforge_fallbacks_total,
 lmforge_shadow_requests_total; safety: lmforge_filter_events_total{stage,rule}.
 P50/P99 come from the histograms in Prometheus, e.g.
@@ -96,6 +98,11 @@ class Metrics:
                                     buckets=LATENCY_BUCKETS, registry=r)
         self.tokens = Counter("lmforge_generated_tokens_total", "tokens generated", labels,
                               registry=r)
+        self.prompt_tokens = Counter("lmforge_prompt_tokens_total",
+                                     "prompt tokens of admitted requests", labels, registry=r)
+        self.cached_tokens = Counter("lmforge_prefix_cache_hit_tokens_total",
+                                     "prompt tokens whose keys were reused, not computed",
+                                     labels, registry=r)
         self.tokens_per_second = Gauge("lmforge_tokens_per_second",
                                        f"tokens generated per second over {RATE_WINDOW_S:.0f} s",
                                        labels, registry=r)
@@ -136,13 +143,19 @@ class EngineMetrics:
         self._ttft_recent, self._labels = metrics.ttft_recent, (model, variant)
         self.generation = metrics.generation.labels(model, variant)
         self.tokens = metrics.tokens.labels(model, variant)
+        self.prompt_tokens = metrics.prompt_tokens.labels(model, variant)
+        self.cached_tokens = metrics.cached_tokens.labels(model, variant)
         self._window: deque[tuple[float, int]] = deque()
         self._in_window = 0
         self._lock = threading.Lock()
         metrics.tokens_per_second.labels(model, variant).set_function(self.tokens_per_second)
 
-    def step(self, running: int, waiting: int, tokens: int) -> None:
+    def step(self, running: int, waiting: int, tokens: int, prompt_tokens: int,
+             cached_tokens: int) -> None:
         self.queue.set(waiting)
+        if prompt_tokens:
+            self.prompt_tokens.inc(prompt_tokens)
+            self.cached_tokens.inc(cached_tokens)
         self.batch.set(running)
         if running:
             self.batch_hist.observe(running)
