@@ -14,6 +14,7 @@ from test_engine import (
     RUNNER_VARIANTS,
     assert_greedy_equals_training_forward,
     make_engine,
+    worst_prefix_error,
     worst_runner_error,
 )
 from test_serve_support import make_model_dir
@@ -35,6 +36,7 @@ def test_runner_logits_match_the_model_on_cuda(overrides: dict, dtype: torch.dty
                                                tol: float) -> None:
     # fp32 on the GPU may run its matmuls in TF32 (the trainer turns it on): 1e-3, not 1e-5
     assert worst_runner_error(overrides, dtype, CUDA) < tol
+    assert worst_prefix_error(overrides, dtype, CUDA) < tol
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])

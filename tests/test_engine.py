@@ -68,24 +68,37 @@ RUNNER_VARIANTS = [
 ]
 
 
+def runner_and_reference(overrides: dict, dtype: torch.dtype, device: torch.device,
+                         seed: int) -> tuple[Runner, Transformer]:
+    """A small random model's runner (4 slots) and the model itself, both in `dtype`."""
+    torch.manual_seed(seed)
+    model = Transformer(ModelConfig(**SMALL, **overrides)).eval()
+    reference = copy.deepcopy(model).to(device=device, dtype=dtype)
+    return Runner(model, slots=4, dtype=dtype, device=device), reference
+
+
+def logit_gap(reference: Transformer, logits: torch.Tensor, seqs: list[list[int]]) -> float:
+    """The largest gap between each row of `logits` and the reference's forward pass over
+    the whole sequence (its last position)."""
+    device = reference.lm_head.weight.device
+    with torch.no_grad():
+        refs = [reference(torch.tensor([seq], device=device)).logits[0, -1].float()
+                for seq in seqs]
+    return max((row.float() - ref).abs().max().item()
+               for row, ref in zip(logits, refs, strict=True))
+
+
 def worst_runner_error(overrides: dict, dtype: torch.dtype, device: torch.device) -> float:
     """The largest logit gap between the runner and the training model's forward on the same
     sequences: three prompts prefilled packed into slots 2, 0, 1; decode steps with slot 3
     an idle dummy row; then a fourth prompt prefilled into slot 3 in the same forward pass
     as a decode step (its dummy row included), and decode steps with all four."""
-    torch.manual_seed(0)
-    model = Transformer(ModelConfig(**SMALL, **overrides)).eval()
-    reference = copy.deepcopy(model).to(device=device, dtype=dtype)
-    runner = Runner(model, slots=4, dtype=dtype, device=device)
+    runner, reference = runner_and_reference(overrides, dtype, device, seed=0)
     seqs = [torch.randint(0, 37, (n,)).tolist() for n in (7, 3, 12)]
     slot_of = [2, 0, 1]
 
     def worst_error(logits: torch.Tensor, which: list[int]) -> float:
-        with torch.no_grad():
-            refs = [reference(torch.tensor([seqs[i]], device=device)).logits[0, -1].float()
-                    for i in which]
-        return max((row.float() - ref).abs().max().item()
-                   for row, ref in zip(logits, refs, strict=True))
+        return logit_gap(reference, logits, [seqs[i] for i in which])
 
     worst = worst_error(runner.prefill(slot_of, seqs), [0, 1, 2])  # one packed forward
     for step in range(16):
@@ -114,19 +127,12 @@ def worst_prefix_error(overrides: dict, dtype: torch.dtype, device: torch.device
     prefilled in slot 0; a second sharing its first 9 tokens and a third equal to it, each
     given slot 0's prefix (`copy_prefix`) and prefilled for the rest only, together; then
     decode steps for all three."""
-    torch.manual_seed(1)
-    model = Transformer(ModelConfig(**SMALL, **overrides)).eval()
-    reference = copy.deepcopy(model).to(device=device, dtype=dtype)
-    runner = Runner(model, slots=4, dtype=dtype, device=device)
+    runner, reference = runner_and_reference(overrides, dtype, device, seed=1)
     first = torch.randint(0, 37, (14,)).tolist()
     seqs = [first, first[:9] + torch.randint(0, 37, (5,)).tolist(), list(first)]
 
     def worst_error(logits: torch.Tensor, which: list[int]) -> float:
-        with torch.no_grad():
-            refs = [reference(torch.tensor([seqs[i]], device=device)).logits[0, -1].float()
-                    for i in which]
-        return max((row.float() - ref).abs().max().item()
-                   for row, ref in zip(logits, refs, strict=True))
+        return logit_gap(reference, logits, [seqs[i] for i in which])
 
     worst = worst_error(runner.prefill([0], [seqs[0]]), [0])
     runner.copy_prefix(0, 1, 9)
