@@ -21,6 +21,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -52,7 +53,7 @@ class RecentQuantiles(Collector):
         with self._lock:
             self._values.setdefault(labels, deque(maxlen=RECENT)).append(value)
 
-    def collect(self):
+    def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily(self.name, self.documentation,
                                    labels=[*self.labels, "quantile"])
         with self._lock:
