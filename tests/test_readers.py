@@ -175,7 +175,8 @@ def test_globs_and_missing_inputs(tmp_path):
         plan_shards([SourceConfig(path="builtin:nope")], 1)
 
 
-def test_builtin_python_docs_has_stable_ids_and_natural_duplicates():
+def test_builtin_python_docs_has_stable_ids_and_natural_duplicates(monkeypatch):
+    monkeypatch.setenv("LMFORGE_CANARY", "secret-one")
     docs = read_all([SourceConfig(path="builtin:python-docs")])
     ids = [d.id for d in docs]
     assert len(ids) == len(set(ids)) > 1000
@@ -183,7 +184,13 @@ def test_builtin_python_docs_has_stable_ids_and_natural_duplicates():
     assert sum(len(d.text) for d in docs) > 1_000_000
     texts = [d.text for d in docs]
     assert len(texts) - len(set(texts)) > 100  # re-exported objects share their docs
-    assert ids == [d.id for d in read_all([SourceConfig(path="builtin:python-docs")])]
+    # signatures show literal defaults only: `environ=os.environ` would put the process's
+    # environment (secrets, and an order that varies) into the corpus
+    assert not any("secret-one" in t for t in texts)
+    assert any("=...," in t or "=...)" in t for t in texts)
+    monkeypatch.setenv("LMFORGE_CANARY", "secret-two")
+    again = read_all([SourceConfig(path="builtin:python-docs")])
+    assert [(d.id, d.text) for d in again] == list(zip(ids, texts, strict=True))
 
 
 def test_separated_text_quarantines_an_oversized_piece_and_goes_on(tmp_path):

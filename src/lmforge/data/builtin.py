@@ -14,6 +14,7 @@ import contextlib
 import importlib
 import inspect
 import io
+import os
 import pkgutil
 import sys
 import warnings
@@ -132,11 +133,34 @@ def _defined_in_stdlib(obj: object) -> bool:
     return top in sys.stdlib_module_names or top == "builtins"
 
 
+class _Elided:
+    def __repr__(self) -> str:
+        return "..."
+
+
+ELIDED = _Elided()
+
+
 def _signature(obj: object) -> str:
+    """The call signature with only literal defaults shown. Other defaults are values of
+    this process (`environ=os.environ` would print every environment variable, secrets
+    included, and their order), so they would make the corpus neither reproducible nor
+    safe to train on: they render as `...`."""
     try:
-        return str(inspect.signature(obj))  # type: ignore[arg-type]
+        sig = inspect.signature(obj)  # type: ignore[arg-type]
     except Exception:
         return "(...)"
+    params = [p if p.default is p.empty or _literal(p.default) else p.replace(default=ELIDED)
+              for p in sig.parameters.values()]
+    return str(sig.replace(parameters=params))
+
+
+def _literal(value: object) -> bool:
+    if value is None or isinstance(value, bool | int | float | complex):
+        return True
+    if isinstance(value, str | bytes):  # not a path of this machine
+        return len(value) <= 1 or not os.path.isabs(os.fsdecode(value))
+    return False
 
 
 def _render_routine(name: str, obj: object) -> str:
