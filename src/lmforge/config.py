@@ -115,15 +115,19 @@ def validate_config(raw: dict[str, Any]) -> Config:
         raise UserError(describe_validation_error(e, Config)) from None
 
 
-def describe_validation_error(error: ValidationError, model: type[BaseModel]) -> str:
-    """One line naming the first bad key path and what is allowed there."""
+def describe_validation_error(error: ValidationError, model: type[BaseModel],
+                              section: str = "") -> str:
+    """One line naming the first bad key path and what is allowed there (`section`: where
+    `model` sits in the whole config, e.g. "serve")."""
     first = error.errors()[0]
     loc = [str(p) for p in first["loc"]]
-    key = ".".join(loc) or "(top level)"
+    outer = [section] if section else []
+    key = ".".join([*outer, *loc]) or "(top level)"
     if first["type"] == "extra_forbidden":
         allowed = _allowed_keys(model, loc[:-1])
         hint = difflib.get_close_matches(loc[-1], allowed, n=1)
-        suggestion = f"; did you mean {'.'.join([*loc[:-1], hint[0]])!r}?" if hint else ""
+        suggestion = (f"; did you mean {'.'.join([*outer, *loc[:-1], hint[0]])!r}?"
+                      if hint else "")
         return f"config: unknown key {key!r}{suggestion} (allowed: {', '.join(allowed)})"
     value = first.get("input")
     shown = f" (got {value!r})" if not isinstance(value, dict | list) else ""

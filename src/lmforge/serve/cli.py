@@ -102,10 +102,8 @@ def _serve(args: argparse.Namespace, overrides: list[str]) -> int:
         updates["audit"] = sc.audit.model_copy(update=audit)
     try:
         final = sc.model_validate({**sc.model_dump(), **{k: _dump(v) for k, v in updates.items()}})
-    except ValidationError as e:  # a bad flag: name it as the config key it sets
-        message = describe_validation_error(e, type(sc))
-        raise UserError(message.replace("config: bad value for ", "bad value for serve.", 1)
-                        .replace("config: ", "", 1)) from None
+    except ValidationError as e:  # a bad flag: named as the config key it sets
+        raise UserError(describe_validation_error(e, type(sc), "serve")) from None
     serve(final)
     return 0
 

@@ -106,11 +106,14 @@ class EngineCore:
         self.admitted[0] += sum(req.prompt_len for req in admitted)
         self.admitted[1] += sum(req.cached for req in admitted)
         packs: list[list[CoreRequest]] = []
+        size = 0  # new prompt tokens in the last pack
         for req in admitted:
             new = req.prompt_len - req.cached
-            if not packs or sum(r.prompt_len - r.cached for r in packs[-1]) + new > PACK_TOKENS:
+            if not packs or size + new > PACK_TOKENS:
                 packs.append([])
+                size = 0
             packs[-1].append(req)
+            size += new
         out: list[Output] = []
         for pack in packs[:-1]:
             out += self._run([], pack)
@@ -127,9 +130,9 @@ class EngineCore:
         joining = {req.slot for req in admitted}
         holdings = []
         for slot, left in enumerate(self.left):
-            running = self.scheduler.running.get(slot)
             if slot in joining:
                 continue
+            running = self.scheduler.running.get(slot)
             if running is not None:
                 holdings.append((slot, running.ids, running.position))
             elif left:
