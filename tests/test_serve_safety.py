@@ -9,9 +9,9 @@ import pytest
 
 from lmforge.errors import UserError
 from lmforge.serve.audit import AuditLog
-from lmforge.serve.chat_template import TemplateRenderError, render_chat
 from lmforge.serve.config import InputFilterConfig, OutputFilterConfig
 from lmforge.serve.safety import InputFilter, OutputFilter
+from lmforge.tokenizer.chat import TemplateRenderError, render_chat
 from lmforge.tokenizer.train import DEFAULT_CHAT_TEMPLATE
 
 REPLIES = [

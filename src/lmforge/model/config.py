@@ -8,12 +8,23 @@ reference vocabulary only so that `lmforge estimate` and the preset table can co
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from lmforge.errors import UserError
 from lmforge.schema import Section
+
+
+class RopeScaling(Section):
+    """RoPE frequency scaling for a context longer than pretraining's (HF `rope_scaling`)."""
+
+    type: Literal["linear", "llama3"] = Field(
+        description="linear: positions / factor; llama3: Llama 3.1's banded scaling")
+    factor: float = Field(gt=0)
+    low_freq_factor: float = Field(1.0, gt=0, description="llama3 only")
+    high_freq_factor: float = Field(4.0, gt=0, description="llama3 only")
+    original_max_position_embeddings: int = Field(8192, ge=1, description="llama3 only")
 
 
 class MoEConfig(Section):
@@ -62,10 +73,12 @@ class ModelConfig(Section):
     ffn_dim: int | None = Field(None, ge=1, description="SwiGLU hidden size; default ~8/3 dim")
     max_seq_len: int = Field(256, ge=1, description="longest context (RoPE table size)")
     rope_theta: float = Field(10000.0, gt=0)
+    rope_scaling: RopeScaling | None = Field(None, description="RoPE scaling (imported models)")
     norm_eps: float = Field(1e-5, gt=0)
     tie_embeddings: bool = Field(True, description="share embed_tokens and lm_head")
     dropout: float = Field(0.0, ge=0, lt=1)
     qk_norm: bool = Field(False, description="RMSNorm on queries and keys per head")
+    qkv_bias: bool = Field(False, description="biases on the q, k and v projections (Qwen2)")
     sliding_window: int | None = Field(None, ge=1, description="attend to this many past tokens")
     init_std: float = Field(0.02, gt=0)
     moe: MoEConfig = Field(default_factory=MoEConfig)
@@ -149,6 +162,8 @@ def count_params(cfg: ModelConfig) -> dict[str, int]:
     attn = d * cfg.n_heads * hd + 2 * d * cfg.kv_heads * hd + cfg.n_heads * hd * d
     if cfg.qk_norm:
         attn += 2 * hd
+    if cfg.qkv_bias:
+        attn += (cfg.n_heads + 2 * cfg.kv_heads) * hd
     if cfg.moe.enabled:
         expert = 3 * d * cfg.expert_dim
         ffn = cfg.moe.num_experts * expert + cfg.moe.num_experts * d

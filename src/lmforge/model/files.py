@@ -101,12 +101,10 @@ def find_tokenizer(source: Path) -> Path:
 
 
 def _load_hf_export(directory: Path) -> Transformer:
-    from types import SimpleNamespace
-
     try:
         raw = json.loads((directory / HF_CONFIG).read_text(encoding="utf-8"))
-        cfg = from_hf_config(SimpleNamespace(**raw))
-    except (AttributeError, TypeError, ValueError) as e:
+        cfg = from_hf_config(raw)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
         raise UserError(f"{directory / HF_CONFIG} is not a Llama/Mistral/Qwen3 config ({e}); "
                         "export the model with lmforge") from None
     if (directory / HF_INDEX).is_file():

@@ -44,8 +44,8 @@ class LocalChat:
         self.max_tokens, self.temperature, self.seed = max_tokens, temperature, seed
 
     def reply(self, messages: Messages) -> Iterator[str]:
-        from lmforge.serve.chat_template import render_chat
         from lmforge.serve.sampling import SamplingParams
+        from lmforge.tokenizer.chat import render_chat
 
         text = render_chat(self.tok.chat_template, messages,
                            {"bos_token": self.tok.bos_token or "",

@@ -26,7 +26,6 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from lmforge.serve import openai_schema as api
 from lmforge.serve.audit import AuditLog
-from lmforge.serve.chat_template import TemplateRenderError, render_chat
 from lmforge.serve.config import ServeConfig
 from lmforge.serve.engine import (
     ContextLengthError,
@@ -42,6 +41,7 @@ from lmforge.serve.middleware import CLIENT_CLOSED, AuditRecord
 from lmforge.serve.safety import InputFilter, OutputFilter, StreamRedactor
 from lmforge.serve.sampling import SamplingParams, TokenLogprob
 from lmforge.serve.variants import ModelGroup, Registry, Variant
+from lmforge.tokenizer.chat import TemplateRenderError, render_chat
 
 log = logging.getLogger("lmforge.serve")
 Body = api.CompletionRequest | api.ChatCompletionRequest

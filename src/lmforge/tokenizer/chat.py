@@ -58,3 +58,36 @@ def render_chat(template: str, messages: list[dict[str, str]],
         raise
     except TemplateError as e:
         raise TemplateRenderError(f"the chat template failed: {e}") from None
+
+
+def special_token_strings(config: dict[str, Any]) -> dict[str, str | None]:
+    """bos/eos/pad/unk tokens of a tokenizer_config.json as the template's variables."""
+    out: dict[str, str | None] = {}
+    for key in ("bos_token", "eos_token", "pad_token", "unk_token"):
+        value = config.get(key)
+        out[key] = value.get("content") if isinstance(value, dict) else value
+    return out
+
+
+def end_of_turn_token(config: dict[str, Any], added_tokens: list[str] | None = None
+                      ) -> str | None:
+    """The special token the chat template closes an assistant turn with (`<|end|>`,
+    `<|im_end|>`, `<|eot_id|>`, `</s>`...): what a chat model must learn to emit to stop."""
+    template = config.get("chat_template")
+    if not isinstance(template, str):
+        return None
+    specials = special_token_strings(config)
+    marker = "\x00lmforge-reply\x00"
+    try:
+        text = render_chat(template, [{"role": "user", "content": "hi"},
+                                      {"role": "assistant", "content": marker}],
+                           specials, add_generation_prompt=False)
+    except TemplateRenderError:
+        return None
+    after = text.split(marker)[-1].lstrip(" \n")
+    candidates = [t for t in (*specials.values(), *config.get("additional_special_tokens", []),
+                              *(added_tokens or [])) if isinstance(t, str) and t]
+    for token in sorted(candidates, key=len, reverse=True):
+        if after.startswith(token):
+            return token
+    return None
