@@ -97,3 +97,15 @@ def test_bfloat16_export_is_stored_and_loaded_as_bfloat16(tmp_path):
     assert json.loads((tmp_path / "config.json").read_text())["torch_dtype"] == "bfloat16"
     hf, _ = hf_load(tmp_path, dtype="auto")
     assert next(hf.parameters()).dtype == torch.bfloat16
+
+
+def test_a_training_model_dir_loads_in_transformers(tmp_path):
+    from lmforge.model.files import save_model_dir
+
+    model = random_model(tie_embeddings=False, qkv_bias=True)
+    save_model_dir(tmp_path, model.state_dict(), model.cfg)
+    hf, info = hf_load(tmp_path)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    x = torch.randint(0, 101, (1, 12))
+    with torch.no_grad():
+        assert (hf(x).logits - model(x).logits).abs().max() < 1e-5

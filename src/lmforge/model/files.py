@@ -2,6 +2,7 @@
 
     RUN_DIR/pretrain/model/model.safetensors   weights under HF Llama names
     RUN_DIR/pretrain/model/model_config.json   our ModelConfig (vocab included)
+    RUN_DIR/pretrain/model/config.json         the same as HF's config (transformers loads it)
 
 `load_model` accepts that directory, an HF export (config.json + model*.safetensors), a
 checkpoint file (.pt), a checkpoints/ directory, a pretrain directory or a run directory;
@@ -20,7 +21,12 @@ from safetensors.torch import load_file, save_file
 from lmforge.errors import UserError
 from lmforge.io import atomic_path, atomic_write_json
 from lmforge.model.config import ModelConfig
-from lmforge.model.hf import from_hf_config, from_hf_state_dict, to_hf_state_dict
+from lmforge.model.hf import (
+    from_hf_config,
+    from_hf_state_dict,
+    hf_config_dict,
+    to_hf_state_dict,
+)
 from lmforge.model.llama import Transformer
 
 WEIGHTS = "model.safetensors"
@@ -30,12 +36,17 @@ HF_INDEX = "model.safetensors.index.json"
 
 
 def save_model_dir(out: Path, state: dict[str, torch.Tensor], cfg: ModelConfig) -> None:
-    """Write weights (tied lm_head left out, as HF does) and config, each atomically."""
+    """Write weights (tied lm_head left out, as HF does), our config and HF's config.json
+    (so `from_pretrained` loads the directory), each atomically."""
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous() for k, v in to_hf_state_dict(state, cfg).items()}
     with atomic_path(out / WEIGHTS) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt"})
     atomic_write_json(out / CONFIG, cfg.model_dump(mode="json"))
+    try:
+        atomic_write_json(out / HF_CONFIG, hf_config_dict(cfg))
+    except UserError:  # a network no HF family computes (e.g. MoE without QK-norm)
+        (out / HF_CONFIG).unlink(missing_ok=True)
 
 
 def find_model_dir(path: Path) -> Path | None:
@@ -54,10 +65,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Tr
     if not path.exists():
         raise UserError(f"{path} does not exist; pass a run dir, checkpoint, model dir or "
                         "HF export dir")
-    if path.is_dir() and (path / HF_CONFIG).is_file():
+    model_dir = None if path.is_file() else find_model_dir(path)
+    if model_dir is None and path.is_dir() and (path / HF_CONFIG).is_file():
         with torch.device(device):
             return _load_hf_export(path).eval(), path
-    model_dir = None if path.is_file() else find_model_dir(path)
     if model_dir is not None:
         try:
             cfg = ModelConfig.model_validate(json.loads((model_dir / CONFIG).read_text()))
