@@ -14,6 +14,7 @@ import pytest
 
 from lmforge.cli import main
 from lmforge.data.layout import QUARANTINE, SPLITS, read_parts
+from lmforge.outputs import claim
 
 FAST_STEPS = "[normalize,length,pii,exact_dedup,near_dedup]"
 
@@ -159,6 +160,7 @@ def test_resume_after_kill9_gives_identical_output(tmp_path):
 def test_resume_refuses_a_changed_config(tmp_path, capsys):
     write_corpus(tmp_path / "in.jsonl", n=20)
     out = tmp_path / "out"
+    claim(out, "data", clear=False)  # as the interrupted run did before writing anything
     work = out / "_work"
     work.mkdir(parents=True)
     (work / "plan.json").write_text('{"fingerprint": "from another config"}')

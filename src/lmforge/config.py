@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from lmforge.data.config import DataConfig
 from lmforge.errors import UserError
@@ -27,9 +27,41 @@ class RunSection(Section):
     name: str = Field("demo", description="run name; the run directory defaults to runs/<name>")
     dir: Path | None = Field(None, description="run directory (default: runs/<name>)")
 
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        """A name is one folder under runs/: it cannot climb out of it or point elsewhere."""
+        problem = run_name_problem(name)
+        if problem:
+            raise ValueError(f"{problem}; use a plain name like 'demo-2', or set run.dir to "
+                             "an explicit directory")
+        return name
+
+    @field_validator("dir", mode="before")
+    @classmethod
+    def _explicit_dir(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("is empty; give a directory, or leave run.dir out for runs/<name>")
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError("contains a NUL character")
+        return value
+
     @property
     def path(self) -> Path:
         return self.dir if self.dir is not None else Path("runs") / self.name
+
+
+def run_name_problem(name: str) -> str | None:
+    """Why `name` is not a plain run name, or None when it is."""
+    if not name.strip():
+        return "is empty"
+    if name in (".", ".."):
+        return f"{name!r} names a directory, not a run"
+    if "/" in name or "\\" in name:
+        return "contains a path separator"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return "contains a control character"
+    return None
 
 
 class Config(Section):

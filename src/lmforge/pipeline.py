@@ -4,7 +4,8 @@ Each stage reads the artifact directories of the stages it names in `inputs` and
 one directory, `RUN_DIR/<stage>/`, ending with a `manifest.json`. A stage is skipped when
 its manifest records the same config hash and the same input fingerprints and its files
 are still there. A stage's fingerprint hashes its config and its output files, so any
-change upstream reaches every stage after it.
+change upstream reaches every stage after it. A stage only deletes or overwrites what
+lmforge wrote in its directory (`lmforge.outputs`): a user's files there are kept.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from lmforge import __version__
 from lmforge.config import Config
 from lmforge.errors import UserError
 from lmforge.io import atomic_write_json, read_json, sha256_file, sha256_json
+from lmforge.outputs import MANIFEST, claim, seal
 
-MANIFEST = "manifest.json"
 LIBRARIES = ("numpy", "pyarrow", "torch", "tokenizers", "tiktoken", "scikit-learn", "pydantic")
 
 console = Console(stderr=True, highlight=False)
@@ -87,11 +88,15 @@ def fingerprint(manifest: dict[str, Any]) -> str:
     return sha256_json({"config_hash": manifest["config_hash"], "files": files})
 
 
-def list_files(out_dir: Path, excluded: tuple[str, ...]) -> list[dict[str, Any]]:
+def list_files(out_dir: Path, excluded: tuple[str, ...],
+               kept: set[str] | frozenset[str] = frozenset()) -> list[dict[str, Any]]:
+    """The stage's output files with hashes; `kept`: a user's files there, never listed."""
     files = []
     for path in sorted(out_dir.rglob("*")):
         rel = path.relative_to(out_dir)
-        if not path.is_file() or rel.parts[0] in excluded or rel.name == MANIFEST:
+        if not path.is_file() or rel.parts[0] in excluded:
+            continue
+        if rel.name == MANIFEST or rel.as_posix() in kept:
             continue
         if any(part.startswith(".") for part in rel.parts):
             continue
@@ -150,9 +155,10 @@ def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
 
 
 def execute(stage: Stage, ctx: StageContext, upstream: dict[str, dict]) -> dict[str, Any]:
-    """Run one stage and write its manifest; the old manifest is removed first so a killed
-    stage is never mistaken for a finished one."""
-    ctx.out_dir.mkdir(parents=True, exist_ok=True)
+    """Run one stage and write its manifest. The directory is claimed first (refused when it
+    holds what lmforge did not write) and, unless resuming, cleared of lmforge's old outputs;
+    the old manifest goes too, so a killed stage is never mistaken for a finished one."""
+    kept = claim(ctx.out_dir, stage.name, clear=not ctx.resume, internal=stage.excluded)
     (ctx.out_dir / MANIFEST).unlink(missing_ok=True)
     started = time.time()
     metrics = stage.run(ctx)
@@ -165,7 +171,7 @@ def execute(stage: Stage, ctx: StageContext, upstream: dict[str, dict]) -> dict[
             name: {"path": str(ctx.inputs[name] / MANIFEST), "fingerprint": fingerprint(m)}
             for name, m in upstream.items()
         },
-        "files": list_files(ctx.out_dir, stage.excluded),
+        "files": list_files(ctx.out_dir, stage.excluded, kept),
         "metrics": metrics,
         "started_at": datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds"),
         "wall_time_s": round(time.time() - started, 3),
@@ -173,6 +179,7 @@ def execute(stage: Stage, ctx: StageContext, upstream: dict[str, dict]) -> dict[
         "libraries": library_versions(),
     }
     atomic_write_json(ctx.out_dir / MANIFEST, manifest)
+    seal(ctx.out_dir, stage.name)
     return manifest
 
 

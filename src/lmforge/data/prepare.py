@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,8 @@ from lmforge.data.process import ShardTask, features_for, process_shard
 from lmforge.data.stats import Stats
 from lmforge.data.write import WriteTask, write_shard
 from lmforge.errors import UserError
-from lmforge.io import atomic_write_json, read_json, remove_outputs, sha256_json
+from lmforge.io import atomic_write_json, read_json, sha256_json
+from lmforge.outputs import remove_outputs
 from lmforge.progress import byte_progress, console
 
 PLAN = "plan.json"
@@ -41,6 +41,7 @@ OUTPUT_NAMES = (
     "lengths.png",
 )
 UNHASHED_KEYS = ("workers", "strict")
+STAGE_NAME = "data"
 
 
 def semantic_config(cfg: DataConfig) -> dict[str, Any]:
@@ -96,10 +97,10 @@ def _start(out_dir: Path, fp: str, resume: bool) -> Path:
         return work
     if resume:
         console.print(f"nothing to resume in {out_dir}; starting from scratch")
-    remove_outputs(out_dir, OUTPUT_NAMES)
-    work.mkdir(parents=True)
+    remove_outputs(out_dir, OUTPUT_NAMES, STAGE_NAME)  # only what lmforge wrote: a user's stay
+    work.mkdir(parents=True, exist_ok=True)
     for split in (*layout.SPLITS, layout.QUARANTINE):
-        (out_dir / split).mkdir()
+        (out_dir / split).mkdir(exist_ok=True)
     atomic_write_json(plan_path, {"fingerprint": fp})
     return work
 
@@ -150,7 +151,7 @@ def prepare(cfg: DataConfig, out_dir: Path, resume: bool = False) -> dict[str, A
 
     write_report(out_dir, result)
     print_funnel(result)
-    shutil.rmtree(work)
+    remove_outputs(out_dir, (layout.WORK,), STAGE_NAME)
     return {key: result[key] for key in ("input", "output", "dedup")}
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from lmforge.config import Config
 from lmforge.data import layout
 from lmforge.data.plan import plan_shards
-from lmforge.data.prepare import input_files, prepare, semantic_config
+from lmforge.data.prepare import STAGE_NAME, input_files, prepare, semantic_config
 from lmforge.pipeline import Stage, StageContext
 
 
@@ -21,7 +21,7 @@ def _run(ctx: StageContext) -> dict[str, Any]:
 
 
 STAGE = Stage(
-    name="data",
+    name=STAGE_NAME,
     inputs=(),
     sections=("data",),
     run=_run,

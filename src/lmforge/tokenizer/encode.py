@@ -24,6 +24,7 @@ import xxhash
 
 from lmforge.data.executor import LocalExecutor, report
 from lmforge.io import atomic_path, atomic_write_json, read_json, sha256_json
+from lmforge.outputs import remove_outputs
 from lmforge.progress import byte_progress, console
 from lmforge.tokenizer.config import TokenizeConfig
 from lmforge.tokenizer.datasource import (
@@ -49,6 +50,7 @@ from lmforge.tokenizer.format import (
 from lmforge.tokenizer.train import tokenizer_summary
 
 WORK = "_work"
+STAGE_NAME = "tokenize"
 SAMPLE_BYTES = 500_000
 
 
@@ -71,11 +73,10 @@ def tokenize(
     check_data_dir(data_dir)
     tok = tokenizer_summary(tokenizer_dir)
     dtype = token_dtype_name(tok["vocab_size"])
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / META).unlink(missing_ok=True)
+    remove_outputs(out_dir, (META,), STAGE_NAME)  # claims out_dir: refused if not lmforge's
     shards = {split: plan_shards(data_dir, split, cfg.shard_mb * 1e6) for split in SPLITS}
     work = out_dir / WORK
-    reused = _prepare_work(work, _plan_id(tok, dtype, shards), resume)
+    reused = _prepare_work(out_dir, _plan_id(tok, dtype, shards), resume)
 
     sample = [
         t for texts in iter_texts(split_files(data_dir, "train"), SAMPLE_BYTES) for t in texts
@@ -101,7 +102,7 @@ def tokenize(
     extra = {"engine": engine, "data_dir": str(data_dir), "tokenizer_dir": str(tokenizer_dir)}
     meta = make_meta(tok["vocab_size"], tok["special_ids"], tok["sha256"], records, **extra)
     atomic_write_json(out_dir / META, meta)
-    shutil.rmtree(work)
+    remove_outputs(out_dir, (WORK,), STAGE_NAME)
     _print_summary(records)
     return {
         "engine": engine,
@@ -208,8 +209,9 @@ def _plan_id(tok: dict[str, Any], dtype: str, shards: dict[str, list[Shard]]) ->
     )
 
 
-def _prepare_work(work: Path, plan_id: str, resume: bool) -> bool:
+def _prepare_work(out_dir: Path, plan_id: str, resume: bool) -> bool:
     """Keep finished shards of the same plan when resuming; otherwise start clean."""
+    work = out_dir / WORK
     plan_file = work / "plan.json"
     if resume and plan_file.is_file() and read_json(plan_file).get("plan") == plan_id:
         return True
@@ -217,8 +219,8 @@ def _prepare_work(work: Path, plan_id: str, resume: bool) -> bool:
         console.print(
             "  resume: the inputs or tokenizer changed since the interrupted run; starting over"
         )
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    remove_outputs(out_dir, (WORK,), STAGE_NAME)
+    work.mkdir(parents=True, exist_ok=True)
     atomic_write_json(plan_file, {"plan": plan_id})
     return False
 

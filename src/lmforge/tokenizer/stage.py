@@ -7,7 +7,8 @@ from typing import Any
 from lmforge.config import Config
 from lmforge.io import sha256_file
 from lmforge.pipeline import Stage, StageContext
-from lmforge.tokenizer.encode import WORK, tokenize
+from lmforge.tokenizer.encode import STAGE_NAME, WORK, tokenize
+from lmforge.tokenizer.train import STAGE_NAME as TOKENIZER_STAGE
 from lmforge.tokenizer.train import tokenizer_file, train_and_save
 
 
@@ -35,7 +36,7 @@ def _run_tokenize(ctx: StageContext) -> dict[str, Any]:
 
 
 TOKENIZER = Stage(
-    name="tokenizer",
+    name=TOKENIZER_STAGE,
     inputs=("data",),
     sections=("tokenizer",),
     run=_run_tokenizer,
@@ -44,7 +45,7 @@ TOKENIZER = Stage(
 )
 
 TOKENIZE = Stage(
-    name="tokenize",
+    name=STAGE_NAME,
     inputs=("data", "tokenizer"),
     sections=("tokenize",),
     run=_run_tokenize,

@@ -22,6 +22,7 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_token
 
 from lmforge.errors import UserError
 from lmforge.io import atomic_path, atomic_write_json, read_json, sha256_file
+from lmforge.outputs import remove_outputs
 from lmforge.progress import byte_progress, console
 from lmforge.tokenizer.config import TokenizerConfig
 from lmforge.tokenizer.datasource import check_data_dir, iter_texts, split_files, split_text_bytes
@@ -39,6 +40,7 @@ BPE_PATTERN = (
 ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
 UNK_TOKEN = "<|unk|>"
 FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+STAGE_NAME = "tokenizer"
 DEFAULT_CHAT_TEMPLATE = (
     "{{ bos_token }}"
     "{% for message in messages %}"
@@ -170,8 +172,9 @@ def tokenizer_file(path: Path) -> Path:
 
 
 def save_tokenizer(tokenizer: Tokenizer, cfg: TokenizerConfig, out_dir: Path) -> None:
-    """Write the three files transformers reads, each atomically."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Write the three files transformers reads, each atomically, into a directory that
+    holds nothing else lmforge did not write (refused otherwise)."""
+    remove_outputs(out_dir, FILES, STAGE_NAME)
     with atomic_path(out_dir / "tokenizer.json") as tmp:
         tokenizer.save(str(tmp))
     named = {"bos_token": cfg.bos_token, "eos_token": cfg.eos_token, "pad_token": cfg.pad_token}

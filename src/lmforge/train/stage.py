@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.config import Config
-from lmforge.io import remove_outputs
+from lmforge.outputs import remove_outputs
 from lmforge.pipeline import Stage, StageContext
 from lmforge.train.monitor import console
 
@@ -25,6 +25,7 @@ DISPLAY_KEYS = {"tensorboard", "plot", "sample_tokens", "sample_prompt", "thread
 OUTPUTS = ("checkpoints", "tensorboard", "model", "tokenizer", "metrics.jsonl",
            "loss_curves.png", "summary.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+STAGE_NAME = "pretrain"
 
 
 def _depends_on(cfg: Config) -> dict[str, Any]:
@@ -33,8 +34,8 @@ def _depends_on(cfg: Config) -> dict[str, Any]:
 
 
 def clear_outputs(out_dir: Path) -> None:
-    """A fresh (not resumed) run starts from an empty stage directory."""
-    remove_outputs(out_dir, OUTPUTS)
+    """A fresh (not resumed) run starts from none of lmforge's outputs; a user's files stay."""
+    remove_outputs(out_dir, OUTPUTS, STAGE_NAME)
 
 
 def copy_tokenizer(tokenizer_dir: Path, out_dir: Path) -> None:
@@ -67,7 +68,7 @@ def run_pretrain(ctx: StageContext) -> dict[str, Any]:
 
 
 STAGE = Stage(
-    name="pretrain",
+    name=STAGE_NAME,
     inputs=("tokenizer", "tokenize"),
     sections=("model", "train"),
     run=run_pretrain,
