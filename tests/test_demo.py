@@ -20,14 +20,18 @@ def test_demo_pipeline_end_to_end(tmp_path, monkeypatch, capsys):
     stats = json.loads((tmp_path / "data" / "stats.json").read_text())
     assert stats["dedup"]["exact_removed"] > 100 and stats["dedup"]["near_removed"] > 10
     assert stats["output"]["train"]["docs"] > 500 and stats["output"]["val"]["docs"] > 10
-    for stage in ("data", "tokenizer", "tokenize", "pretrain"):
+    for stage in ("data", "tokenizer", "tokenize", "pretrain", "export"):
         assert json.loads((tmp_path / stage / "manifest.json").read_text())["stage"] == stage
     rows = read_metrics(tmp_path / "pretrain" / "metrics.jsonl")
     baseline = next(r["unigram_val_loss"] for r in rows if "unigram_val_loss" in r)
     final = [r["val_loss"] for r in rows if "val_loss" in r][-1]
     assert final < baseline - 0.5  # clearly better than predicting token frequencies
     assert capsys.readouterr().out.strip()  # the sample
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "export")
+    assert hf.num_parameters() > 1e6 and (tmp_path / "export" / "tokenizer.json").is_file()
 
     assert main(args) == 0
     err = capsys.readouterr().err
-    assert all(f"{s}: up to date, skipped" in err for s in ("data", "tokenizer", "pretrain"))
+    stages = ("data", "tokenizer", "pretrain", "export")
+    assert all(f"{s}: up to date, skipped" in err for s in stages)

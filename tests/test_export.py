@@ -109,3 +109,21 @@ def test_a_training_model_dir_loads_in_transformers(tmp_path):
     x = torch.randint(0, 101, (1, 12))
     with torch.no_grad():
         assert (hf(x).logits - model(x).logits).abs().max() < 1e-5
+
+
+def test_export_command_writes_a_dir_and_refuses_a_foreign_one(tmp_path, capsys):
+    from lmforge.cli import main
+
+    make_model_dir(tmp_path / "run")
+    assert main(["export", str(tmp_path / "run/model"), "-o", str(tmp_path / "out"),
+                 "--tokenizer", str(tmp_path / "run/tokenizer"), "--dtype", "bfloat16"]) == 0
+    assert json.loads((tmp_path / "out/config.json").read_text())["torch_dtype"] == "bfloat16"
+    assert main(["export", str(tmp_path / "run/model"), "-o", str(tmp_path / "out")]) == 0
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    assert main(["export", str(tmp_path / "run/model"), "-o", str(foreign)]) == 2
+    assert "not written by lmforge" in capsys.readouterr().err
+    assert (foreign / "notes.txt").read_text() == "keep me"
+    assert main(["export", str(tmp_path / "missing"), "-o", str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "x").exists()

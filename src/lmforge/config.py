@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from lmforge.data.config import DataConfig
 from lmforge.errors import UserError
+from lmforge.export.config import ExportConfig
 from lmforge.model.config import ModelConfig
 from lmforge.schema import Section
 from lmforge.serve.config import ServeConfig
@@ -71,6 +72,7 @@ class Config(Section):
     tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
 
 

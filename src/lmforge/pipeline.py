@@ -57,6 +57,9 @@ class Stage:
     excluded: tuple[str, ...] = ()  # top-level names under out_dir not listed in the manifest
     # What the result depends on, when not simply `sections` (e.g. raw input files' sizes).
     config_fn: Callable[[Config], dict[str, Any]] | None = None
+    # Whether the run includes this stage (None: always), and the config key that says so.
+    enabled_fn: Callable[[Config], bool] | None = None
+    switch: str = ""
 
     def config_of(self, cfg: Config) -> dict[str, Any]:
         if self.config_fn is not None:
@@ -71,6 +74,7 @@ STAGE_REFS = (
     "lmforge.tokenizer.stage:TOKENIZER",
     "lmforge.tokenizer.stage:TOKENIZE",
     "lmforge.train.stage:STAGE",
+    "lmforge.export.stage:STAGE",
 )
 
 
@@ -200,6 +204,11 @@ def run_pipeline(
     manifests: dict[str, dict] = {}
     for stage in all_stages:
         out_dir = run_dir / stage.name
+        if stage.enabled_fn is not None and not stage.enabled_fn(cfg):
+            console.print(f"[bold]{stage.name}[/]: off ({stage.switch}: false)")
+            if stage.name == until:
+                break
+            continue
         upstream = {name: manifests[name] for name in stage.inputs}
         reason = "forced with --force" if stage.name in (force or []) else None
         reason = reason or stale_reason(stage, cfg, out_dir, upstream)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lmforge.errors import UserError
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     export = sub.add_parser(
@@ -23,8 +25,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _export(args: argparse.Namespace, overrides: list[str]) -> int:
-    from lmforge.export.stage import export_model
+    from lmforge.export.stage import STAGE, export_model
+    from lmforge.outputs import claim, seal
 
-    export_model(Path(args.source), Path(args.output), args.dtype, args.max_shard_mb,
+    out, source = Path(args.output), Path(args.source)
+    if not source.exists():
+        raise UserError(f"{source} does not exist; pass a run dir, checkpoint, model dir or "
+                        "HF dir")
+    claim(out, STAGE.name, clear=True)  # refuses a directory that holds what lmforge did not write
+    export_model(source, out, args.dtype, args.max_shard_mb,
                  Path(args.tokenizer) if args.tokenizer else None)
+    seal(out, STAGE.name)
     return 0

@@ -48,4 +48,6 @@ STAGE = Stage(
     run=run_export,
     describe="write the final model as an HF directory (transformers, vLLM, lm-eval load it)",
     config_fn=_depends_on,
+    enabled_fn=lambda cfg: cfg.export.enabled,
+    switch="export.enabled",
 )
