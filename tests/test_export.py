@@ -6,13 +6,13 @@ import json
 
 import pytest
 import torch
-from tests.test_serve_support import make_model_dir
 
 from lmforge.export.hf import write_hf_model
 from lmforge.model.config import ModelConfig
 from lmforge.model.files import load_model
 from lmforge.model.generate import generate
 from lmforge.model.llama import Transformer
+from test_serve_support import make_model_dir
 
 transformers = pytest.importorskip("transformers")
 
