@@ -18,8 +18,14 @@ longest start of its prompt that some slot holds (`prefix`), then run one forwar
 that both prefills the rest of the admitted prompts (their first token: time to first
 token) and decodes one token for every running sequence, as vLLM v1 mixes prefill and
 decode in a step, and sample the whole batch at once. The core ends a request at
-`max_tokens` or on a stop token (eos, `<|end|>`); stop strings are found by the frontend,
-which then aborts the request here.
+`max_tokens`, on a stop token (eos, `<|end|>`) or when the context is full; stop strings are
+found by the frontend, which then aborts the request here.
+
+A request fails alone, never its batch: one that cannot run (a prompt out of the vocabulary
+or the context, sampling parameters out of range) is refused when it is added; a row whose
+logits cannot be sampled fails its request only (the sampler keeps every token in range);
+and if a forward pass raises, it is run again in parts, the decode rows and each admitted
+prompt on its own, so only the part that fails again fails.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from lmforge.model.llama import Transformer
 from lmforge.serve.config import EngineConfig
 from lmforge.serve.prefix import longest_prefix
 from lmforge.serve.runner import Decode, Runner
-from lmforge.serve.sampling import Sampler, SamplingParams, TokenLogprob
+from lmforge.serve.sampling import Sampler, SamplingParams, TokenLogprob, validate
 from lmforge.serve.scheduler import Scheduler
 
 # (request id, token id, logprob or None, finish reason or None, error or None)
@@ -75,10 +81,11 @@ class EngineCore:
         self.prefix_cache = cfg.prefix_cache
         self.left: list[list[int]] = [[] for _ in range(cfg.max_batch)]  # see _release
         self.admitted = [0, 0]  # prompt tokens admitted since the last stats, and reused
+        self.refused: list[Output] = []  # requests that cannot run, told at the next step
 
     @property
     def busy(self) -> bool:
-        return bool(self.requests)
+        return bool(self.requests or self.refused)
 
     def stats(self, tokens: int = 0) -> Stats:
         """The step's figures for the frontend (each admitted prompt counted once)."""
@@ -86,9 +93,27 @@ class EngineCore:
         return len(self.scheduler.running), self.scheduler.waiting, tokens, prompt, cached
 
     def add(self, rid: int, prompt: list[int], params: SamplingParams) -> None:
+        """Queue a request, or refuse it (an error output at the next step) when it cannot
+        run: checked here, it never reaches a batch."""
+        try:
+            self._check(rid, prompt, params)
+        except (TypeError, ValueError) as e:
+            self.refused.append((rid, -1, None, "error", f"invalid request: {e}"))
+            return
         req = CoreRequest(rid, prompt, params)
         self.requests[rid] = req
         self.scheduler.add(req)
+
+    def _check(self, rid: int, prompt: list[int], params: SamplingParams) -> None:
+        if rid in self.requests:
+            raise ValueError(f"request id {rid} is already in use")
+        context, vocab = self.runner.context, self.sampler.vocab
+        if not 0 < len(prompt) < context:
+            raise ValueError(f"the prompt has {len(prompt)} tokens; it must have 1 to "
+                             f"{context - 1} (the model's context is {context})")
+        if not all(type(t) is int for t in prompt) or min(prompt) < 0 or max(prompt) >= vocab:
+            raise ValueError(f"prompt token ids must be integers in [0, {vocab})")
+        validate(params)
 
     def abort(self, rid: int) -> None:
         req = self.requests.get(rid)
@@ -100,6 +125,7 @@ class EngineCore:
         """Admit what fits, then one forward pass: a token for every running sequence and
         the first token of each admitted prompt (when the admitted prompts exceed
         PACK_TOKENS, the earlier packs are prefilled on their own first and decode here)."""
+        out, self.refused = self.refused, []
         admitted = self.scheduler.admit()
         if self.prefix_cache and admitted:
             self._reuse_prefixes(admitted)
@@ -114,7 +140,6 @@ class EngineCore:
                 size = 0
             packs[-1].append(req)
             size += new
-        out: list[Output] = []
         for pack in packs[:-1]:
             out += self._run([], pack)
         pack = packs[-1] if packs else []
@@ -152,7 +177,26 @@ class EngineCore:
         return rows if any(req is not None for req in rows) else []
 
     def _run(self, rows: list[CoreRequest | None], pack: list[CoreRequest]) -> list[Output]:
-        """One forward pass over a decode batch and/or a pack of prompts; their tokens."""
+        """One forward pass over a decode batch and/or a pack of prompts; their tokens. If
+        the pass raises, the parts run again on their own (see the module docstring): a
+        pass only writes each row's own cache positions and mask, so it can be repeated."""
+        try:
+            logits, first = self._forward(rows, pack)
+        except Exception as e:
+            parts = ([(rows, [])] if rows else []) + [([], [req]) for req in pack]
+            if len(parts) > 1:
+                return [output for part in parts for output in self._run(*part)]
+            return [self._fail(req, f"generation failed: {type(e).__name__}: {e}")
+                    for req in [*rows, *pack] if req is not None]
+        out = []
+        if rows:  # before the pack's slots take their sampling state: no draws there
+            out += self._sample(rows, logits, None)
+        if pack:
+            out += self._sample(pack, first, [req.slot for req in pack])
+        return out
+
+    def _forward(self, rows: list[CoreRequest | None], pack: list[CoreRequest]
+                 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         decode = None
         if rows:
             last = self.runner.context - 1  # idle rows: see runner's docstring
@@ -160,31 +204,35 @@ class EngineCore:
             decode = Decode(self.next_tokens[:len(rows)],
                             torch.tensor(positions, device=self.device),
                             max(req.position for req in rows if req is not None) + 1)
+        prompts = self.runner.pack([r.slot for r in pack], [r.prompt[r.cached:] for r in pack],
+                                   [r.cached for r in pack]) if pack else None
+        return self.runner.step(decode, prompts)
+
+    def _sample(self, rows: list[CoreRequest | None], logits: torch.Tensor,
+                slots: list[int] | None) -> list[Output]:
+        """Sample decode rows (slots 0..B-1, `slots` None) or the first token of each of
+        a pack's prompts (which start their sampling state here)."""
+        requests = [req for req in rows if req is not None]
         try:
-            prompts = self.runner.pack([r.slot for r in pack],
-                                       [r.prompt[r.cached:] for r in pack],
-                                       [r.cached for r in pack]) if pack else None
-            logits, first = self.runner.step(decode, prompts)
-            if rows:  # before the pack's slots take their sampling state: no draws there
-                tokens, logprobs = self.sampler.sample(logits)
-                self.next_tokens[:len(rows)] = tokens
-            if pack:
-                slots = [req.slot for req in pack]
-                self.sampler.add(slots, [req.params for req in pack], [r.prompt for r in pack])
-                first_tokens, first_logprobs = self.sampler.sample(first, slots)
-                self.next_tokens[torch.tensor(slots, device=self.device)] = first_tokens
-        except Exception as e:  # fail these requests, keep serving
-            return [self._fail(req, f"generation failed: {type(e).__name__}: {e}")
-                    for req in [*rows, *pack] if req is not None]
+            if slots is not None:
+                self.sampler.add(slots, [r.params for r in rows], [r.prompt for r in rows])
+            tokens, logprobs = self.sampler.sample(logits, slots)
+        except Exception as e:  # not expected (the sampler keeps to its ranges); these only
+            return [self._fail(req, f"sampling failed: {type(e).__name__}: {e}")
+                    for req in requests]
+        where = slice(0, len(rows)) if slots is None else torch.tensor(slots, device=self.device)
+        self.next_tokens[where] = tokens.clamp(min=0)  # idle rows too: fed at the next step
         out = []
-        if rows:
-            for req, token in zip(rows, tokens.tolist(), strict=True):
-                if req is not None:
-                    out.append(self._emit(req, token, logprobs[req.slot] if logprobs else None))
-        for i, (req, token) in enumerate(zip(pack, first_tokens.tolist() if pack else [],
-                                             strict=True)):
-            req.position = req.prompt_len - 1  # _emit moves it past the prompt
-            out.append(self._emit(req, token, first_logprobs[i] if first_logprobs else None))
+        for i, (req, token) in enumerate(zip(rows, tokens.tolist(), strict=True)):
+            if req is None:
+                continue
+            if token < 0:
+                out.append(self._fail(req, "generation failed: the model's logits for this "
+                                      "sequence are not finite (nan or inf)"))
+                continue
+            if slots is not None:
+                req.position = req.prompt_len - 1  # _emit moves it past the prompt
+            out.append(self._emit(req, token, logprobs[i] if logprobs else None))
         return out
 
     def _emit(self, req: CoreRequest, token: int, logprob: TokenLogprob | None) -> Output:
@@ -194,7 +242,7 @@ class EngineCore:
         finish = None
         if token in self.stop_token_ids and not req.params.ignore_eos:
             finish = "stop"
-        elif req.generated >= req.params.max_tokens:
+        elif req.generated >= req.params.max_tokens or req.position >= self.runner.context - 1:
             finish = "length"
         if finish is not None:
             self._release(req)

@@ -2,20 +2,46 @@
 
 Requests are pydantic models with the OpenAI names, ranges and defaults (max_tokens 16 for
 completions, temperature 1, ...) plus vLLM's common extensions (top_k, repetition_penalty,
-ignore_eos, truncate_prompt_tokens). Unknown fields are rejected, naming the field.
+ignore_eos, truncate_prompt_tokens). Unknown fields are rejected, naming the field. A number
+outside its range (NaN and infinity included) is a 400 naming the field and the range; the
+sampling ranges are the engine's own (`sampling.RANGES`), which it checks again.
 Responses are built as plain dicts: they are written once per token when streaming.
 """
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from lmforge.serve.engine import Delta
-from lmforge.serve.sampling import TokenLogprob
+from lmforge.serve.sampling import RANGES, TokenLogprob, range_problem
+
+MAX_STOP_STRINGS = 16
+MAX_STOP_CHARS = 256  # per string: the text stream looks for each one's start after every token
+# (lowest, highest, lowest excluded) of every numeric field: the engine's, and the API's own
+LIMITS: dict[str, tuple[float, float, bool]] = {
+    **RANGES,
+    "max_completion_tokens": RANGES["max_tokens"],
+    "logprobs": (0, 20, False),  # vLLM's default max_logprobs; OpenAI's top_logprobs cap
+    "top_logprobs": (0, 20, False),
+    "n": (1, math.inf, False),
+    "best_of": (1, math.inf, False),
+    "seed": (-(2**63), 2**63 - 1, False),  # an int64, as vLLM takes it
+    "truncate_prompt_tokens": (1, math.inf, False),
+}
+
+
+def limited(name: str, default: Any) -> Any:
+    """A Field with LIMITS[name] as its bounds (they show in the OpenAPI schema)."""
+    low, high, low_excluded = LIMITS[name]
+    bounds: dict[str, float] = {"gt" if low_excluded else "ge": low}
+    if high != math.inf:
+        bounds["le"] = high
+    return Field(default, **bounds)
 
 
 class StreamOptions(BaseModel):
@@ -27,28 +53,47 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(..., min_length=1)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int = Field(0, ge=-1, description="vLLM extension; 0 or -1: off")
-    n: int = Field(1, ge=1)
+    temperature: float = limited("temperature", 1.0)
+    top_p: float = limited("top_p", 1.0)
+    top_k: int = limited("top_k", 0)  # vLLM extension; 0 or -1: off, above the vocab: all
+    n: int = limited("n", 1)
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)
-    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    presence_penalty: float = limited("presence_penalty", 0.0)
+    frequency_penalty: float = limited("frequency_penalty", 0.0)
+    repetition_penalty: float = limited("repetition_penalty", 1.0)
+    seed: int | None = limited("seed", None)
     user: str | None = Field(None, max_length=256)
     ignore_eos: bool = False
-    truncate_prompt_tokens: int | None = Field(None, ge=1)
+    truncate_prompt_tokens: int | None = limited("truncate_prompt_tokens", None)
     logit_bias: dict[str, float] | None = None
+
+    @field_validator(*LIMITS, mode="before", check_fields=False)
+    @classmethod
+    def _in_range(cls, value: Any, info: ValidationInfo) -> Any:
+        """A number outside its range, NaN and infinity included, named with the range
+        (pydantic's own message names one bound, and says NaN is above 2)."""
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            problem = range_problem(value, *LIMITS[info.field_name])
+            if problem is not None:
+                raise ValueError(problem)
+        return value
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_strings(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        strings = [stop] if isinstance(stop, str) else stop or []
+        if len(strings) > MAX_STOP_STRINGS:
+            raise ValueError(f"takes at most {MAX_STOP_STRINGS} strings, got {len(strings)}")
+        if any(len(s) > MAX_STOP_CHARS for s in strings):
+            raise ValueError(f"strings must have at most {MAX_STOP_CHARS} characters each")
+        return stop
 
     @model_validator(mode="after")
     def _supported(self) -> _Request:
         if self.logit_bias:
             raise ValueError("logit_bias is not supported by this server; leave it out")
-        if isinstance(self.stop, list) and len(self.stop) > 16:
-            raise ValueError("stop takes at most 16 strings")
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options is only allowed with stream: true")
         return self
@@ -65,10 +110,10 @@ class _Request(BaseModel):
 
 class CompletionRequest(_Request):
     prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: int | None = Field(16, ge=1)
-    logprobs: int | None = Field(None, ge=0, le=20)
+    max_tokens: int | None = limited("max_tokens", 16)
+    logprobs: int | None = limited("logprobs", None)
     echo: bool = False
-    best_of: int | None = Field(None, ge=1)
+    best_of: int | None = limited("best_of", None)
     suffix: str | None = None
 
     @model_validator(mode="after")
@@ -113,10 +158,10 @@ class Message(BaseModel):
 
 class ChatCompletionRequest(_Request):
     messages: list[Message] = Field(..., min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = limited("max_tokens", None)
+    max_completion_tokens: int | None = limited("max_completion_tokens", None)
     logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=20)
+    top_logprobs: int | None = limited("top_logprobs", None)
 
     @model_validator(mode="after")
     def _logprobs(self) -> ChatCompletionRequest:

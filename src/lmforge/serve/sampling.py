@@ -11,18 +11,44 @@ Every parameter lives per cache slot in a tensor set once when a request starts,
 costs the same few tensor ops whatever the mix of requests in the batch; the work that only
 some requests need (penalties, top-k/top-p, logprobs) runs only while such a request is in
 the batch.
+
+One request must never fail the others in its batch (issue 10). So `validate` checks a
+request's parameters against RANGES before it joins a batch (the HTTP schema checks the same
+ranges first), the sampler `clamp`s whatever reaches it into values float32 survives, and a
+row whose logits still come out NaN or infinite (a broken model, say) is marked -1 and fails
+alone: every token it returns can be fed to the model, whatever the row held.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
 
 MAX_UNIFORM = 1.0 - 1e-6  # well above float32's epsilon (6e-8), see _invert_cdf
+# name -> (lowest, highest, lowest excluded): OpenAI's ranges and vLLM's extensions (top_k
+# -1 or 0 is off, above the vocabulary is all of it; repetition_penalty as this server had it)
+RANGES: dict[str, tuple[float, float, bool]] = {
+    "max_tokens": (1, math.inf, False),
+    "temperature": (0.0, 2.0, False),
+    "top_p": (0.0, 1.0, True),
+    "top_k": (-1, math.inf, False),
+    "presence_penalty": (-2.0, 2.0, False),
+    "frequency_penalty": (-2.0, 2.0, False),
+    "repetition_penalty": (0.0, 10.0, True),
+    "logprobs": (0, math.inf, False),
+}
+INTEGERS = ("max_tokens", "top_k", "logprobs")
+# Floors chosen so that a logit as large as 1e30 stays finite in float32 (< 3.4e38) after
+# the penalty divides it and the temperature divides it again: 1e30 * 100 * 1e5.
+TEMPERATURE_FLOOR = 1e-5  # below it a row is greedy, as vLLM's _SAMPLING_EPS
+REPETITION_PENALTY_FLOOR = 1e-2
+TOP_P_FLOOR = 1e-6  # a smaller top_p rounds to 0 in float32 and would keep no token
+LOGPROB_FLOOR = -9999.0  # what OpenAI reports for a token of no chance; JSON has no -inf
 
 
 @dataclass(frozen=True)
@@ -54,6 +80,63 @@ class SamplingParams:
         return self.top_k > 0 or self.top_p < 1.0
 
 
+def range_problem(value: float, low: float, high: float, low_excluded: bool) -> str | None:
+    """What is wrong with `value` for the range, e.g. "must be in [0, 2], got nan"; None
+    when it is inside (NaN never is)."""
+    inside = (value > low if low_excluded else value >= low) and value <= high
+    if inside:
+        return None
+    if high == math.inf:
+        where = f"{'above' if low_excluded else 'at least'} {_number(low)}"
+    else:
+        where = f"in {'(' if low_excluded else '['}{_number(low)}, {_number(high)}]"
+    return f"must be {where}, got {value!r}"
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(x)
+
+
+def validate(params: SamplingParams) -> None:
+    """ValueError naming the first parameter of the wrong type or outside RANGES."""
+    for name, (low, high, low_excluded) in RANGES.items():
+        value = getattr(params, name)
+        if value is None and name == "logprobs":
+            continue
+        kinds = int if name in INTEGERS else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            raise ValueError(f"{name} must be {'an integer' if kinds is int else 'a number'}"
+                             f", got {value!r}")
+        problem = range_problem(value, low, high, low_excluded)
+        if problem is not None:
+            raise ValueError(f"{name} {problem}")
+    if params.seed is not None and (isinstance(params.seed, bool)
+                                    or not isinstance(params.seed, int)):
+        raise ValueError(f"seed must be an integer, got {params.seed!r}")
+
+
+def clamp(params: SamplingParams, vocab: int) -> SamplingParams:
+    """The parameters a row is sampled with: each number moved into RANGES (open lower ends
+    to the floors above), NaN to the neutral value, a temperature below TEMPERATURE_FLOOR
+    to greedy, top_k at or above the vocabulary to off, logprobs to the vocabulary."""
+    def within(name: str, neutral: float, floor: float | None = None) -> float:
+        value = getattr(params, name)
+        low, high, _ = RANGES[name]
+        return neutral if value != value else min(max(value, floor or low), high)  # NaN
+
+    temperature = within("temperature", 0.0)
+    logprobs = params.logprobs
+    return replace(
+        params,
+        temperature=temperature if temperature >= TEMPERATURE_FLOOR else 0.0,
+        top_k=params.top_k if 0 < params.top_k < vocab else 0,
+        top_p=within("top_p", 1.0, TOP_P_FLOOR),
+        repetition_penalty=within("repetition_penalty", 1.0, REPETITION_PENALTY_FLOOR),
+        frequency_penalty=within("frequency_penalty", 0.0),
+        presence_penalty=within("presence_penalty", 0.0),
+        logprobs=None if logprobs is None else min(max(logprobs, 0), vocab))
+
+
 @dataclass
 class TokenLogprob:
     token_id: int
@@ -63,7 +146,8 @@ class TokenLogprob:
 
 class Sampler:
     """Per-slot sampling state for `slots` cache slots; `add` a request's parameters when
-    it takes a slot, `sample` logits whose row i belongs to slot i (or to `slots[i]`)."""
+    it takes a slot (they are `clamp`ed), `sample` logits whose row i belongs to slot i (or
+    to `slots[i]`)."""
 
     def __init__(self, slots: int, vocab: int, device: torch.device) -> None:
         self.slots, self.vocab, self.device = slots, vocab, device
@@ -81,6 +165,7 @@ class Sampler:
     def add(self, slots: list[int], params: list[SamplingParams],
             prompts: list[list[int]]) -> None:
         """Requests start in `slots` (after their prompts)."""
+        params = [clamp(p, self.vocab) for p in params]
         for slot, p in zip(slots, params, strict=True):
             self.remove(slot)
             self.params[slot] = p
@@ -128,23 +213,27 @@ class Sampler:
     def sample(self, logits: Tensor, slots: list[int] | None = None
                ) -> tuple[Tensor, list[TokenLogprob | None] | None]:
         """The next token of each row, (B,), and its logprobs when any row asked for them
-        (None for rows that did not). Rows of idle slots get some token (to be ignored)."""
+        (None for rows that did not). Rows of idle slots get some token (to be ignored). A
+        row that cannot be sampled (NaN or infinite logits) gets -1."""
         b = logits.size(0)
         rows = slice(0, b) if slots is None else torch.tensor(slots, device=self.device)
         raw = logits.float()
         work = self._penalize(raw, rows) if self.penalized else raw
-        tokens = work.argmax(dim=-1)
+        best, tokens = work.max(dim=-1)
+        ok = best.isfinite()  # False with a NaN or +inf anywhere in the row, or all -inf
         slots = list(range(b)) if slots is None else slots
         if self.sampled:
-            tokens = torch.where(self.greedy[rows], tokens, self._draw(work, rows, slots))
+            drawn, drawn_ok = self._draw(work, rows, slots)
+            greedy = self.greedy[rows]
+            tokens = torch.where(greedy, tokens, drawn)
+            ok &= greedy | drawn_ok
         if self.penalized:
             index = (torch.arange(b, device=self.device) if isinstance(rows, slice) else rows,
                      tokens)
             self.counts.index_put_(index, torch.ones(b, device=self.device), accumulate=True)
             self.seen.index_put_(index, torch.ones(b, dtype=torch.bool, device=self.device))
-        if not self.logprobs:
-            return tokens, None
-        return tokens, self._logprobs(raw, tokens, slots)
+        logprobs = self._logprobs(raw, tokens, slots) if self.logprobs else None
+        return torch.where(ok, tokens, -1), logprobs
 
     def _penalize(self, logits: Tensor, rows: slice | Tensor) -> Tensor:
         rep, freq, pres = self.penalty[rows].unbind(1)
@@ -153,8 +242,9 @@ class Sampler:
         out = torch.where(seen, torch.where(logits > 0, logits / rep, logits * rep), logits)
         return out - freq[:, None] * counts - pres[:, None] * (counts > 0)
 
-    def _draw(self, logits: Tensor, rows: slice | Tensor, slots) -> Tensor:
-        """Inverse-CDF sampling with temperature, top-k and top-p per row."""
+    def _draw(self, logits: Tensor, rows: slice | Tensor, slots) -> tuple[Tensor, Tensor]:
+        """Inverse-CDF sampling with temperature, top-k and top-p per row; the tokens and
+        whether each row had any probability mass to draw from."""
         uniform = torch.tensor([min(rng.random(), MAX_UNIFORM) if rng is not None else 0.5
                                 for rng in (self.rngs[s] for s in slots)], device=self.device)
         scaled = logits / self.temperature[rows, None]
@@ -165,8 +255,8 @@ class Sampler:
         probs = values.softmax(dim=-1)
         mass_before = probs.cumsum(dim=-1) - probs
         keep = (rank[None, :] < self.top_k[rows, None]) & (mass_before < self.top_p[rows, None])
-        picked = _invert_cdf(probs * keep, uniform)
-        return order.gather(1, picked[:, None])[:, 0]
+        picked, ok = _invert_cdf(probs * keep, uniform)
+        return order.gather(1, picked[:, None])[:, 0], ok
 
     def _logprobs(self, raw: Tensor, tokens: Tensor, slots: list[int]
                   ) -> list[TokenLogprob | None]:
@@ -176,7 +266,7 @@ class Sampler:
         if not wanted:
             return out
         index = torch.tensor([i for i, _ in wanted])
-        logprobs = raw[index].log_softmax(dim=-1)
+        logprobs = raw[index].log_softmax(dim=-1).clamp(min=LOGPROB_FLOOR)
         chosen_ids = tokens[index]
         chosen = logprobs.gather(1, chosen_ids[:, None])[:, 0].tolist()
         width = min(max(k for _, k in wanted), raw.size(-1))
@@ -188,9 +278,12 @@ class Sampler:
         return out
 
 
-def _invert_cdf(probs: Tensor, uniform: Tensor) -> Tensor:
-    """Index of the first token whose cumulative mass exceeds u * total. With u below
-    MAX_UNIFORM the target stays below the total even after float32 rounding, so the
+def _invert_cdf(probs: Tensor, uniform: Tensor) -> tuple[Tensor, Tensor]:
+    """Index of the first token whose cumulative mass exceeds u * total, and whether the
+    row had mass (a NaN or all-zero row does not; its index is kept in range anyway). With u
+    below MAX_UNIFORM the target stays below the total even after float32 rounding, so the
     index always lands on a token with mass (a filtered-out token is never picked)."""
     cdf = probs.cumsum(dim=-1)
-    return torch.searchsorted(cdf, uniform[:, None] * cdf[:, -1:], right=True)[:, 0]
+    total = cdf[:, -1:]
+    index = torch.searchsorted(cdf, uniform[:, None] * total, right=True)[:, 0]
+    return index.clamp(max=probs.size(-1) - 1), total[:, 0] > 0

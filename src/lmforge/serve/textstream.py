@@ -23,6 +23,7 @@ class TextStream:
         self._prefix, self._read = 0, len(self._ids)
         self.stop = tuple(s for s in stop if s)
         self._longest = max((len(s) for s in self.stop), default=0)
+        self._partial = [0] * len(self.stop)  # per stop string: the tail that begins it
         self.text = ""
         self._sent = 0
         self.stopped = False
@@ -42,7 +43,7 @@ class TextStream:
             self.text = self.text[:min(hits)]
             self.stopped = True
             return self._release(len(self.text))
-        return self._release(len(self.text) - self._partial_stop())
+        return self._release(len(self.text) - self._partial_stop(len(piece)))
 
     def finish(self) -> str:
         """Whatever was still held back, at the end of the sequence."""
@@ -57,13 +58,17 @@ class TextStream:
         self._prefix, self._read = self._read, len(self._ids)
         return after[len(before):]
 
-    def _partial_stop(self) -> int:
-        """Length of the longest tail of the text that begins some stop string."""
-        for size in range(min(self._longest - 1, len(self.text)), 0, -1):
-            tail = self.text[-size:]
-            if any(s.startswith(tail) for s in self.stop):
-                return size
-        return 0
+    def _partial_stop(self, added: int) -> int:
+        """Length of the longest tail of the text that begins some stop string. Such a
+        tail starts where one did before the `added` characters came, or later, so each
+        position is tried at most once over the stream: hostile stop strings stay cheap."""
+        text, end = self.text, len(self.text)
+        for k, stop in enumerate(self.stop):
+            i = text.find(stop[0], max(end - added - self._partial[k], end - len(stop) + 1, 0))
+            while i >= 0 and not stop.startswith(text[i:]):
+                i = text.find(stop[0], i + 1)
+            self._partial[k] = end - i if i >= 0 else 0
+        return max(self._partial)
 
     def _release(self, end: int) -> str:
         end = max(end, self._sent)
