@@ -365,11 +365,14 @@ def test_tokenize_refuses_foreign_and_other_stage_dirs(
     assert (foreign / "train.bin").read_bytes() == b"my tokens"
     (foreign / "train.bin").unlink()
     assert main([*base, "-o", str(foreign)]) == 0
-    (foreign / "_work").mkdir()
-    (foreign / "_work" / "mine.txt").write_text("mine")
+    (foreign / "mine.txt").write_text("mine")
     assert main([*base, "-o", str(foreign)]) == 0
-    assert (foreign / "_work" / "mine.txt").read_text() == "mine"
+    assert (foreign / "mine.txt").read_text() == "mine"  # a user's file beside the outputs
     assert (foreign / "train.bin").stat().st_size > 0
+    (foreign / "_work").mkdir()  # the work dir is lmforge's alone, as a whole
+    (foreign / "_work" / "scratch.txt").write_text("scratch")
+    assert main([*base, "-o", str(foreign)]) == 0
+    assert not (foreign / "_work").exists()
 
 
 def test_pretrain_refuses_a_foreign_dir_and_keeps_a_users_files(tmp_path: Path) -> None:
@@ -391,10 +394,10 @@ def test_pretrain_refuses_a_foreign_dir_and_keeps_a_users_files(tmp_path: Path) 
     (pretrain / "checkpoints").rmdir()  # an empty folder of theirs is still theirs
     assert main(["pretrain", "-c", str(cfg)]) == 0
     (pretrain / "NOTES.md").write_text("mine")
-    (pretrain / "checkpoints" / "keep.txt").write_text("mine too")
+    (pretrain / "checkpoints" / "scratch.txt").write_text("in lmforge's own folder")
     assert main(["pretrain", "-c", str(cfg)]) == 0
     assert (pretrain / "NOTES.md").read_text() == "mine"
-    assert (pretrain / "checkpoints" / "keep.txt").read_text() == "mine too"
+    assert not (pretrain / "checkpoints" / "scratch.txt").exists()  # checkpoints/ is lmforge's
     manifest = json.loads((pretrain / "manifest.json").read_text())
     assert manifest["metrics"]["steps"] == 4
     assert "NOTES.md" not in {f["path"] for f in manifest["files"]}

@@ -9,7 +9,8 @@ The record is in one of two states:
   running  the stage is writing: every entry except `kept` (what was already there and is
            not lmforge's) is lmforge's, so a re-run after kill -9 clears its half-written files
   done     the stage finished: `files` (size, mtime) and `dirs` are exactly what it wrote,
-           so whatever a user adds afterwards survives the next run
+           so whatever a user adds afterwards survives the next run; the stage's internal
+           folders (checkpoints, work dirs) are lmforge's as a whole
 A file lmforge wrote that changed since (another size, or another mtime and not the content
 hash recorded for it) is treated as the user's: the next run refuses instead of deleting it.
 Links are never followed: a symbolic link inside an output directory is refused.
@@ -168,9 +169,9 @@ def _owned(out_dir: Path, stage: str, record: dict[str, Any] | None, entries: En
     if record.get("state") == "running":
         kept = set(record.get("kept", []))
         return set(files) - kept, dirs - kept
-    owned = set()
+    owned = {rel for rel in files if rel.split("/")[0] in internal}  # lmforge's alone
     for rel, (size, mtime_ns, digest) in record.get("files", {}).items():
-        if rel not in files:
+        if rel not in files or rel in owned:
             continue
         now = files[rel]
         same = stat.S_ISREG(now.st_mode) and now.st_size == size
@@ -181,7 +182,7 @@ def _owned(out_dir: Path, stage: str, record: dict[str, Any] | None, entries: En
                 f"overwritten: move it out of {out_dir} (or delete it) and run again"
             )
         owned.add(rel)
-    return owned, dirs & set(record.get("dirs", []))
+    return owned, dirs & ({*record.get("dirs", []), *internal})
 
 
 def _owned_without_record(out_dir: Path, stage: str, entries: Entries,

@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
 from lmforge.errors import UserError
 from lmforge.io import atomic_path, atomic_write_json
 from lmforge.model.config import ModelConfig
+from lmforge.model.files import save_safetensors
 from lmforge.model.hf import hf_config_dict, to_hf_state_dict
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -82,14 +82,12 @@ def write_weights(out: Path, tensors: dict[str, torch.Tensor], max_bytes: int) -
     """model.safetensors, or shards plus an index; returns the file names written."""
     groups = shard(tensors, max_bytes)
     if len(groups) == 1:
-        with atomic_path(out / "model.safetensors") as tmp:
-            save_file(groups[0], str(tmp), metadata={"format": "pt"})
+        save_safetensors(out / "model.safetensors", groups[0])
         return ["model.safetensors"]
     names, weight_map = [], {}
     for i, group in enumerate(groups, start=1):
         name = f"model-{i:05d}-of-{len(groups):05d}.safetensors"
-        with atomic_path(out / name) as tmp:
-            save_file(group, str(tmp), metadata={"format": "pt"})
+        save_safetensors(out / name, group)
         names.append(name)
         weight_map |= dict.fromkeys(group, name)
     total = sum(t.numel() * t.element_size() for t in tensors.values())

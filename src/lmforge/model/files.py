@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lmforge.errors import UserError
-from lmforge.io import atomic_path, atomic_write_json
+from lmforge.io import atomic_path, atomic_write_json, write_failed
 from lmforge.model.config import ModelConfig
 from lmforge.model.hf import (
     from_hf_config,
@@ -40,13 +40,24 @@ def save_model_dir(out: Path, state: dict[str, torch.Tensor], cfg: ModelConfig) 
     (so `from_pretrained` loads the directory), each atomically."""
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous() for k, v in to_hf_state_dict(state, cfg).items()}
-    with atomic_path(out / WEIGHTS) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    save_safetensors(out / WEIGHTS, tensors)
     atomic_write_json(out / CONFIG, cfg.model_dump(mode="json"))
     try:
         atomic_write_json(out / HF_CONFIG, hf_config_dict(cfg))
     except UserError:  # a network no HF family computes (e.g. MoE without QK-norm)
         (out / HF_CONFIG).unlink(missing_ok=True)
+
+
+def save_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """One safetensors file, atomically; a full disk is a one-line error naming the path."""
+    try:
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"format": "pt"})
+    except Exception as e:  # safetensors raises its own SafetensorError for I/O errors
+        if not isinstance(e, OSError) and "I/O error" not in str(e):
+            raise
+        needed = sum(t.numel() * t.element_size() for t in tensors.values())
+        raise write_failed(path, needed, e) from None
 
 
 def find_model_dir(path: Path) -> Path | None:

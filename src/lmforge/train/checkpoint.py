@@ -6,12 +6,16 @@
 A step checkpoint holds the model, optimizer(s), GradScaler, RNG states of every rank,
 loader position, step, tokens seen, stability and monitor state, and the config. Each file
 is written to a temp name, fsynced and renamed, so a kill -9 leaves either the old file or
-the new one, never half of one. Everything in it loads with torch.load(weights_only=True).
+the new one, never half of one; a full disk is a one-line error and leaves the earlier
+files intact. Resuming passes over step checkpoints that do not load whole (a disk fault,
+a copy cut short) to the newest one that does. Everything in a checkpoint loads with
+torch.load(weights_only=True).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +23,12 @@ import torch
 from torch import nn
 
 from lmforge.errors import UserError
-from lmforge.io import atomic_path
+from lmforge.io import atomic_path, write_failed
 
 FORMAT_VERSION = 1
+# What a step checkpoint must hold to resume from it (Trainer.save_checkpoint writes these).
+STEP_KEYS = ("step", "tokens_seen", "model", "optimizers", "rng", "loader", "stability",
+             "best_val", "evals_since_best", "metrics_bytes", "model_config")
 STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
 BEST = "best.pt"
 
@@ -47,9 +54,42 @@ def latest(ckpt_dir: Path) -> Path | None:
     return steps[-1][1] if steps else None
 
 
+def latest_readable(ckpt_dir: Path, say: Callable[[str], None]
+                    ) -> tuple[Path, dict[str, Any]] | None:
+    """The newest step checkpoint that loads whole, with its state; each newer one that does
+    not (truncated, corrupt, missing keys) is reported through `say` and passed over. None
+    when there are no step checkpoints; a UserError when none of them is readable."""
+    steps = list_steps(ckpt_dir)
+    for _, path in reversed(steps):
+        try:
+            return path, load(path, STEP_KEYS)
+        except UserError as e:
+            say(f"skipped {path.name}, it is not readable: {e}")
+    if steps:
+        raise UserError(f"none of the {len(steps)} step checkpoints in {ckpt_dir} is readable; "
+                        "run without --resume to start over")
+    return None
+
+
+def state_bytes(obj: Any) -> int:
+    """Bytes of the tensors in a (nested) checkpoint state: what its file needs, about."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(state_bytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(state_bytes(v) for v in obj)
+    return 0
+
+
 def save(path: Path, state: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save({"format_version": FORMAT_VERSION, **state}, tmp)
+    """Write atomically; a full disk (or any failed write) is a UserError naming the path, the
+    space needed and the space free, and leaves the earlier checkpoints as they were."""
+    try:
+        with atomic_path(path) as tmp:
+            torch.save({"format_version": FORMAT_VERSION, **state}, tmp)
+    except (OSError, RuntimeError) as e:  # torch's zip writer raises RuntimeError
+        raise write_failed(path, state_bytes(state), e) from None
 
 
 def prune(ckpt_dir: Path, keep_last: int) -> None:
@@ -67,8 +107,9 @@ def drop_after(ckpt_dir: Path, step: int) -> list[Path]:
     return dropped
 
 
-def load(path: Path) -> dict[str, Any]:
-    """A checkpoint written by `save`, or a UserError naming what is wrong with the file."""
+def load(path: Path, required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A checkpoint written by `save` holding the `required` keys, or a UserError naming
+    what is wrong with the file."""
     if not path.is_file():
         raise UserError(f"checkpoint {path} not found; pass a .pt file from a checkpoints/ dir")
     try:
@@ -78,6 +119,9 @@ def load(path: Path) -> dict[str, Any]:
                         "pick another checkpoint") from None
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         raise UserError(f"{path} is not an lmforge checkpoint (format {FORMAT_VERSION})")
+    missing = [key for key in required if key not in state]
+    if missing:
+        raise UserError(f"checkpoint {path} lacks {', '.join(missing)}; pick another checkpoint")
     return state
 
 

@@ -11,11 +11,13 @@
 
 from __future__ import annotations
 
+import errno
 import shutil
 from pathlib import Path
 from typing import Any
 
 from lmforge.config import Config
+from lmforge.io import write_failed
 from lmforge.outputs import remove_outputs
 from lmforge.pipeline import Stage, StageContext
 from lmforge.train.monitor import console
@@ -26,6 +28,7 @@ OUTPUTS = ("checkpoints", "tensorboard", "model", "tokenizer", "metrics.jsonl",
            "loss_curves.png", "summary.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 STAGE_NAME = "pretrain"
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def _depends_on(cfg: Config) -> dict[str, Any]:
@@ -51,10 +54,14 @@ def run_pretrain(ctx: StageContext) -> dict[str, Any]:
     from lmforge.train.trainer import Trainer
 
     resume_from: Path | None = ctx.options.get("resume_from")
+    resume_state = None
     if ctx.resume and resume_from is None:
-        resume_from = checkpoint.latest(ctx.out_dir / "checkpoints")
-        if resume_from is None:
+        found = checkpoint.latest_readable(ctx.out_dir / "checkpoints",
+                                           lambda message: console.print(f"pretrain: {message}"))
+        if found is None:
             console.print("pretrain: --resume found no checkpoint; starting from scratch")
+        else:
+            resume_from, resume_state = found
     tokenizer_dir = ctx.inputs["tokenizer"]
     # Under torchrun only rank 0 clears and fills the stage directory: the other ranks wait
     # for it in the process group's rendezvous (the Trainer's init), so none deletes a file
@@ -64,7 +71,13 @@ def run_pretrain(ctx: StageContext) -> dict[str, Any]:
             clear_outputs(ctx.out_dir)
         copy_tokenizer(tokenizer_dir, ctx.out_dir)
     trainer = Trainer(ctx.cfg, ctx.out_dir, ctx.inputs["tokenize"], tokenizer_dir)
-    return trainer.fit(resume_from)
+    try:
+        return trainer.fit(resume_from, resume_state)
+    except OSError as e:  # metrics, TensorBoard, the model dir: a full disk is one line too
+        if e.errno not in DISK_FULL:
+            raise
+        path = Path(e.filename) if e.filename else ctx.out_dir
+        raise write_failed(path, None, e) from None
 
 
 STAGE = Stage(

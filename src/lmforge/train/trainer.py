@@ -121,9 +121,10 @@ class Trainer:
         self.train_model = parallelize(model, self.tcfg, self.dist, self.rt.device, self.rt.dtype)
         return model
 
-    def restore(self, path: Path) -> int:
-        """Load a step checkpoint; returns the metrics.jsonl length it recorded."""
-        state = checkpoint.load(path)
+    def restore(self, path: Path, state: dict[str, Any] | None = None) -> int:
+        """Load a step checkpoint (or its `state`, already read from `path`); returns the
+        metrics.jsonl length it recorded."""
+        state = state if state is not None else checkpoint.load(path, checkpoint.STEP_KEYS)
         if state["model_config"] != self.model_cfg.model_dump(mode="json"):
             raise UserError(f"{path} holds a different model than the config describes; "
                             "resume with the model section it was trained with")
@@ -146,8 +147,10 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------
 
-    def fit(self, resume_from: Path | None = None) -> dict[str, Any]:
-        resume_bytes = self.restore(resume_from) if resume_from is not None else None
+    def fit(self, resume_from: Path | None = None,
+            resume_state: dict[str, Any] | None = None) -> dict[str, Any]:
+        resume_bytes = (self.restore(resume_from, resume_state) if resume_from is not None
+                        else None)
         main = self.dist.is_main
         if resume_from is not None and main:
             for path in checkpoint.drop_after(self.ckpt_dir, self.step):
@@ -284,9 +287,13 @@ class Trainer:
                 f"{self.guard.rollbacks} rollbacks; lower train.lr or raise train.warmup_steps"
             )
         carried = self.guard.state_dict()
-        target = checkpoint.latest(self.ckpt_dir)
-        if target is not None:
-            self.restore(target)
+        try:
+            found = checkpoint.latest_readable(self.ckpt_dir, self.say)
+        except UserError:  # none readable: as if there were none
+            found = None
+        target = found[0] if found is not None else None
+        if found is not None:
+            self.restore(*found)
         else:
             self.step += 1  # nothing to go back to: drop this step's batch and go on
             self.tokens_seen += self.tcfg.tokens_per_step * self.dist.world_size
