@@ -23,6 +23,7 @@ from lmforge.config import validate_config
 from lmforge.model.config import count_params, flops_per_token
 from lmforge.train.mfu import measure_matmul_tflops
 from lmforge.train.runtime import auto_threads
+from lmforge.train.stage import pretrainer
 from lmforge.train.trainer import Trainer
 
 WORK = Path(__file__).parent / "_work" / "mfu"
@@ -37,7 +38,7 @@ def trainer(precision: str, batch: int, block: int, threads: int) -> Trainer:
     raw = {"run": {"dir": str(WORK / "run")}, "model": {"preset": "25m"}, "train": {
         "batch_size": batch, "block_size": block, "max_steps": 10**6, "warmup_steps": 10,
         "precision": precision, "tensorboard": False, "peak_tflops": 1.0, "threads": threads}}
-    return Trainer(validate_config(raw), WORK / f"out-{precision}", token_dir())
+    return pretrainer(validate_config(raw), WORK / f"out-{precision}", token_dir())
 
 
 def tokens_per_s(t: Trainer, steps: int, rounds: int = 3) -> float:

@@ -27,6 +27,7 @@ from corpus import random_tokens
 from lmforge.config import validate_config
 from lmforge.model.hf import load_into_hf
 from lmforge.train.runtime import auto_threads
+from lmforge.train.stage import pretrainer
 from lmforge.train.trainer import Trainer
 
 WORK = Path(__file__).parent / "_work" / "throughput"
@@ -43,7 +44,7 @@ def our_trainer(precision: str, threads: int | None = None, compile: bool = Fals
         "batch_size": BATCH, "block_size": BLOCK, "max_steps": 10**6, "warmup_steps": 10,
         "lr": 1e-3, "precision": precision, "tensorboard": False, "peak_tflops": 1.0,
         "threads": threads or torch.get_num_threads(), "compile": compile}}
-    return Trainer(validate_config(raw), WORK / f"out-{precision}", token_dir())
+    return pretrainer(validate_config(raw), WORK / f"out-{precision}", token_dir())
 
 
 def hf_step_fn(model: torch.nn.Module, precision: str, batches: list[torch.Tensor]):

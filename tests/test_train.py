@@ -15,14 +15,15 @@ from lmforge.model.config import ModelConfig
 from lmforge.model.llama import Transformer
 from lmforge.tokenizer.loader import Batch
 from lmforge.train import checkpoint
+from lmforge.train.artifacts import write_artifacts
 from lmforge.train.config import StabilityConfig, TrainConfig
-from lmforge.train.evaluate import EvalResult
 from lmforge.train.monitor import read_metrics
 from lmforge.train.muon import Muon
+from lmforge.train.objectives.base import EvalResult
 from lmforge.train.optim import build_optimizers
 from lmforge.train.schedule import lr_factor
 from lmforge.train.stability import StabilityGuard
-from lmforge.train.trainer import Trainer
+from lmforge.train.stage import pretrainer
 from test_train_support import TINY_MODEL, TINY_TRAIN, make_run, write_config
 
 
@@ -31,14 +32,14 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_run(tmp_path_factory.mktemp("train"))
 
 
-def trainer_for(run: Path, tmp: Path, **train) -> Trainer:
+def trainer_for(run: Path, tmp: Path, **train):
     cfg = load_config(write_config(tmp / "cfg.yaml", run, train=train))
-    return Trainer(cfg, tmp / "pretrain", run / "tokenize", run / "tokenizer")
+    return pretrainer(cfg, tmp / "pretrain", run / "tokenize", run / "tokenizer")
 
 
 def fit(run: Path, tmp: Path, **train) -> list[dict]:
     trainer = trainer_for(run, tmp, **train)
-    trainer.fit()
+    write_artifacts(trainer, trainer.fit())
     return read_metrics(tmp / "pretrain" / "metrics.jsonl")
 
 
@@ -224,7 +225,7 @@ def test_bad_checkpoints_are_one_line_errors(run_dir: Path, tmp_path: Path) -> N
     fit(run_dir, tmp_path, max_steps=4, eval_every=0, ckpt_every=4)
     saved = tmp_path / "pretrain" / "checkpoints" / "step_00000004.pt"
     cfg = load_config(write_config(tmp_path / "wide.yaml", run_dir, model={"dim": 64}))
-    wider = Trainer(cfg, tmp_path / "other", run_dir / "tokenize", run_dir / "tokenizer")
+    wider = pretrainer(cfg, tmp_path / "other", run_dir / "tokenize", run_dir / "tokenizer")
     with pytest.raises(UserError, match="different model"):
         wider.restore(saved)
 
@@ -240,7 +241,7 @@ def test_early_stop_on_patience_and_on_target(run_dir: Path, tmp_path: Path) -> 
     trainer = trainer_for(run_dir, tmp_path / "a", max_steps=40, eval_every=5, ckpt_every=0,
                           early_stop_patience=2)
     losses = iter([3.0, 2.9, 2.95, 2.99, 2.5])
-    trainer.evaluate = lambda ds, n: EvalResult(next(losses), 100, 1.0)
+    trainer.evaluate = lambda split, n: EvalResult(next(losses), 100, 1.0)
     trainer.fit()
     rows = read_metrics(tmp_path / "a" / "pretrain" / "metrics.jsonl")
     stop = [r for r in rows if r.get("event") == "early_stop"]

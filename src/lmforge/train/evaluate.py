@@ -6,9 +6,6 @@ different tokenizers compare fairly: bpb = loss_nats / ln 2 * tokens / bytes.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from torch import nn
@@ -17,30 +14,8 @@ from lmforge.tokenizer.dataset import TokenDataset
 from lmforge.tokenizer.loader import eval_batches
 from lmforge.train import distributed
 from lmforge.train.inputs import model_inputs
+from lmforge.train.objectives.base import EvalResult
 from lmforge.train.runtime import Runtime, eval_mode
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    loss: float
-    tokens: int
-    bytes_per_token: float | None
-
-    @property
-    def perplexity(self) -> float:
-        return math.exp(min(self.loss, 700.0))
-
-    @property
-    def bits_per_byte(self) -> float | None:
-        if self.bytes_per_token is None:
-            return None
-        return self.loss / math.log(2) / self.bytes_per_token
-
-    def row(self, prefix: str) -> dict[str, float]:
-        row = {f"{prefix}_loss": self.loss, f"{prefix}_ppl": self.perplexity}
-        if self.bits_per_byte is not None:
-            row[f"{prefix}_bpb"] = self.bits_per_byte
-        return row
 
 
 def bytes_per_token(ds: TokenDataset) -> float | None:

@@ -14,13 +14,16 @@ from __future__ import annotations
 import errno
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmforge.config import Config
 from lmforge.io import write_failed
 from lmforge.outputs import remove_outputs
 from lmforge.pipeline import Stage, StageContext
 from lmforge.train.monitor import console
+
+if TYPE_CHECKING:
+    from lmforge.train.trainer import Trainer
 
 # Display-only keys: changing them does not make a trained model stale.
 DISPLAY_KEYS = {"tensorboard", "plot", "sample_tokens", "sample_prompt", "threads"}
@@ -49,9 +52,20 @@ def copy_tokenizer(tokenizer_dir: Path, out_dir: Path) -> None:
             shutil.copyfile(tokenizer_dir / name, target / name)
 
 
+def pretrainer(cfg: Config, out_dir: Path, tokens_dir: Path,
+               tokenizer_dir: Path | None = None) -> Trainer:
+    """The Trainer of the pretrain stage: the LM objective on the token shards."""
+    from lmforge.train.objectives.lm import LMObjective
+    from lmforge.train.trainer import Trainer
+
+    objective = LMObjective(tokens_dir, cfg.train, tokenizer_dir)
+    return Trainer(cfg.train, cfg.model.with_vocab(objective.vocab_size), objective, out_dir,
+                   name=STAGE_NAME, record=cfg.model_dump(mode="json"))
+
+
 def run_pretrain(ctx: StageContext) -> dict[str, Any]:
     from lmforge.train import checkpoint, distributed
-    from lmforge.train.trainer import Trainer
+    from lmforge.train.artifacts import write_artifacts
 
     resume_from: Path | None = ctx.options.get("resume_from")
     resume_state = None
@@ -70,14 +84,17 @@ def run_pretrain(ctx: StageContext) -> dict[str, Any]:
         if resume_from is None:
             clear_outputs(ctx.out_dir)
         copy_tokenizer(tokenizer_dir, ctx.out_dir)
-    trainer = Trainer(ctx.cfg, ctx.out_dir, ctx.inputs["tokenize"], tokenizer_dir)
+    trainer = pretrainer(ctx.cfg, ctx.out_dir, ctx.inputs["tokenize"], tokenizer_dir)
     try:
-        return trainer.fit(resume_from, resume_state)
+        summary = trainer.fit(resume_from, resume_state)
+        sample = (ctx.cfg.train.sample_prompt, trainer.objective.eos_id)
+        write_artifacts(trainer, summary, sample)
     except OSError as e:  # metrics, TensorBoard, the model dir: a full disk is one line too
         if e.errno not in DISK_FULL:
             raise
         path = Path(e.filename) if e.filename else ctx.out_dir
         raise write_failed(path, None, e) from None
+    return summary
 
 
 STAGE = Stage(

@@ -1,10 +1,16 @@
-"""The pretraining loop: one `Trainer` per run, `Trainer.fit()` to train.
+"""The training loop: one `Trainer` per run, `Trainer.fit()` to train.
 
-Per optimizer step: set the LR from the schedule, run `grad_accum` micro-batches forward and
-backward under autocast, clip, let the stability guard judge the step (apply, skip, or roll
-back), then log, evaluate and checkpoint on their cadence. Everything that decides what
+What is optimised is the `objective` (train/objectives/): it yields the batches, turns each
+into a loss and scores the held-out splits; the trainer gets only its own `train:` section,
+the model's config, and optionally weights to start from (`init_state`) and a change to
+the built model (`adapt`, e.g. LoRA adapters that leave the base frozen).
+
+Per optimizer step: set the LR from the schedule, run `grad_accum` micro-batches forward
+and backward under autocast, clip, let the stability guard judge the step (apply, skip, or
+roll back), then log, evaluate and checkpoint on their cadence. Everything that decides what
 happens next (weights, optimizer, loader position, RNG, guard, best val) is in the
-checkpoint, so a resumed run continues exactly where the saved one was.
+checkpoint, so a resumed run continues exactly where the saved one was. The end of a run
+(the last eval and checkpoint, the test eval) is part of `fit`, which returns the summary.
 """
 
 from __future__ import annotations
@@ -14,23 +20,21 @@ import math
 import resource
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from lmforge.config import Config
 from lmforge.errors import UserError
-from lmforge.model.config import flops_per_token
+from lmforge.model.config import ModelConfig, flops_per_token
 from lmforge.model.llama import Transformer
-from lmforge.tokenizer.dataset import TokenDataset
-from lmforge.tokenizer.loader import TokenLoader
 from lmforge.train import checkpoint, distributed
 from lmforge.train.clock import command_start_time
-from lmforge.train.evaluate import EvalResult, evaluate, unigram_loss
-from lmforge.train.inputs import model_inputs
+from lmforge.train.config import TrainConfig
 from lmforge.train.mfu import peak_tflops
 from lmforge.train.monitor import MetricsLog, ProgressBar, TensorBoard, console
+from lmforge.train.objectives.base import EvalResult, Objective
 from lmforge.train.optim import build_optimizers
 from lmforge.train.parallelize import parallelize
 from lmforge.train.runtime import Runtime, rng_state, seed_everything, set_rng_state
@@ -51,27 +55,24 @@ class Diverged(UserError):
 
 
 class Trainer:
-    def __init__(self, cfg: Config, out_dir: Path, tokens_dir: Path,
-                 tokenizer_dir: Path | None = None) -> None:
-        self.cfg, self.tcfg, self.out_dir = cfg, cfg.train, out_dir
+    def __init__(self, tcfg: TrainConfig, model_cfg: ModelConfig, objective: Objective,
+                 out_dir: Path, *, name: str = "pretrain", record: dict[str, Any] | None = None,
+                 init_state: dict[str, torch.Tensor] | None = None,
+                 adapt: Callable[[Transformer], None] | None = None) -> None:
+        """`record`: the run's config, stored in every checkpoint for provenance."""
+        self.tcfg, self.model_cfg, self.objective = tcfg, model_cfg, objective
+        self.out_dir, self.name, self.record = out_dir, name, record or {}
         self.started = command_start_time()
         self.dist = distributed.detect()
         self.rt = Runtime.create(self.tcfg, self.dist.local_rank)
         distributed.init(self.dist, self.rt.device)
         self.ckpt_dir = out_dir / "checkpoints"
-        self.train_ds = TokenDataset(tokens_dir, "train", tokenizer=tokenizer_dir)
-        self.val_ds = self._split(tokens_dir, "val")
-        self.test_ds = self._split(tokens_dir, "test")
-        self.model_cfg = cfg.model.with_vocab(self.train_ds.vocab_size)
-        self._check_settings()
+        self._check_settings(init_state is not None or adapt is not None)
         seed_everything(self.tcfg.seed)
-        self.model = self._build_model()
+        self.model = self._build_model(init_state, adapt)
         self.optim = build_optimizers(self.model, self.tcfg, self.rt.device)
         self.scaler = self.rt.grad_scaler()
-        self.loader = TokenLoader(
-            self.train_ds, self.tcfg.batch_size, self.tcfg.block_size, seed=self.tcfg.seed,
-            mode=self.tcfg.loader, rank=self.dist.rank, world_size=self.dist.world_size,
-        )
+        self.loader = objective.batches(self.dist.rank, self.dist.world_size)
         self.guard = StabilityGuard(self.tcfg.stability)
         self.step = 0
         self.tokens_seen = 0
@@ -88,26 +89,23 @@ class Trainer:
 
     # -- setup ----------------------------------------------------------------------------
 
-    def _check_settings(self) -> None:
+    def _check_settings(self, starts_from_weights: bool) -> None:
         tcfg, longest = self.tcfg, self.model_cfg.max_seq_len
         for key in ("block_size", "eval_block_size"):
             value = getattr(tcfg, key)
             if value is not None and value > longest:
                 raise UserError(f"train.{key} {value} exceeds model.max_seq_len {longest}; "
                                 "raise model.max_seq_len or lower it")
-        if tcfg.optimizer == "muon" and tcfg.parallel == "fsdp" and self.dist.enabled:
+        fsdp = tcfg.parallel == "fsdp" and self.dist.enabled
+        if tcfg.optimizer == "muon" and fsdp:
             raise UserError("train.optimizer muon needs whole matrices, FSDP shards them; "
                             "use parallel: ddp or optimizer: adamw")
+        if starts_from_weights and fsdp:
+            raise UserError(f"{self.name} from existing weights runs under DDP, not FSDP; "
+                            "set train.parallel: ddp")
 
-    def _split(self, tokens_dir: Path, split: str) -> TokenDataset | None:
-        """An eval split, or None when the tokenize stage wrote none (or too few tokens)."""
-        if split not in self.train_ds.meta["splits"]:
-            return None
-        ds = TokenDataset(tokens_dir, split)
-        block = self.tcfg.eval_block_size or self.tcfg.block_size
-        return ds if len(ds) > block else None
-
-    def _build_model(self) -> Transformer:
+    def _build_model(self, init_state: dict[str, torch.Tensor] | None,
+                     adapt: Callable[[Transformer], None] | None) -> Transformer:
         if self.tcfg.parallel == "fsdp" and self.dist.enabled:
             with torch.device("meta"):
                 model = Transformer(self.model_cfg)
@@ -118,6 +116,10 @@ class Trainer:
             return model
         with torch.device(self.rt.device):
             model = Transformer(self.model_cfg)
+        if init_state is not None:
+            model.load_state_dict(init_state)
+        if adapt is not None:
+            adapt(model)
         self.train_model = parallelize(model, self.tcfg, self.dist, self.rt.device, self.rt.dtype)
         return model
 
@@ -160,7 +162,7 @@ class Trainer:
         self.tb = TensorBoard(self.out_dir / "tensorboard", main and self.tcfg.tensorboard,
                               self.step)
         self.peak = peak_tflops(self.rt.device, self.rt.precision, self.tcfg.peak_tflops)
-        baseline = self._baseline()
+        baseline = self.objective.baseline()
         self._announce(resume_from, baseline)
         previous = self._install_signal_handlers()
         try:
@@ -208,7 +210,7 @@ class Trainer:
         """Eval, checkpoint and stop checks after a step; returns a reason to stop early."""
         tcfg = self.tcfg
         stop = None
-        if self.val_ds is not None and tcfg.eval_every and self.step % tcfg.eval_every == 0:
+        if self.has_val and tcfg.eval_every and self.step % tcfg.eval_every == 0:
             stop = self.run_eval()
         if tcfg.ckpt_every and self.step % tcfg.ckpt_every == 0:
             self.save_checkpoint()
@@ -228,9 +230,8 @@ class Trainer:
         total = torch.zeros((), device=self.rt.device)
         for micro in range(tcfg.grad_accum):
             batch = self.loader.next_batch().to(self.rt.device, non_blocking=True)
-            extra = model_inputs(batch, tcfg.doc_mask)
             with self._maybe_no_sync(micro < tcfg.grad_accum - 1), self.rt.autocast():
-                loss = self.train_model(batch.x, batch.y, **extra).loss
+                loss = self.objective.loss(self.train_model, batch)
             loss = self._inject_faults(loss)
             scaled = loss / tcfg.grad_accum
             (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
@@ -310,7 +311,7 @@ class Trainer:
 
     def say(self, message: str) -> None:
         if self.dist.is_main:
-            console.print(f"pretrain: {message}")
+            console.print(f"{self.name}: {message}")
 
     def log(self, row: dict[str, Any]) -> None:
         if self.metrics is not None:
@@ -334,14 +335,11 @@ class Trainer:
         gpu = self.rt.peak_memory_mb()
         return gpu if gpu is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    def evaluate(self, ds: TokenDataset, num_batches: int | None) -> EvalResult:
-        tcfg = self.tcfg
-        return evaluate(self.train_model, ds, self.rt, tcfg.eval_batch_size or tcfg.batch_size,
-                        tcfg.eval_block_size or tcfg.block_size, num_batches, tcfg.seed,
-                        doc_mask=tcfg.doc_mask)
+    def evaluate(self, split: str, num_batches: int | None) -> EvalResult:
+        return self.objective.evaluate(self.train_model, split, self.rt, num_batches)
 
     def run_eval(self) -> str | None:
-        result = self.evaluate(self.val_ds, self.tcfg.eval_batches)
+        result = self.evaluate("val", self.tcfg.eval_batches)
         self.last_eval, self.last_eval_step = result, self.step
         row = {"step": self.step, **result.row("val"),
                "elapsed_s": round(time.time() - self.started, 3)}
@@ -367,7 +365,7 @@ class Trainer:
             checkpoint.save(self.ckpt_dir / checkpoint.BEST, {
                 "kind": "best", "step": self.step, "val_loss": result.loss, "model": state,
                 "model_config": self.model_cfg.model_dump(mode="json"),
-                "config": self.cfg.model_dump(mode="json"),
+                "config": self.record,
             })
 
     def save_checkpoint(self) -> None:
@@ -385,44 +383,86 @@ class Trainer:
                 "evals_since_best": self.evals_since_best,
                 "metrics_bytes": self.metrics.size if self.metrics is not None else 0,
                 "model_config": self.model_cfg.model_dump(mode="json"),
-                "config": self.cfg.model_dump(mode="json"),
+                "config": self.record,
             })
             checkpoint.prune(self.ckpt_dir, self.tcfg.keep_last)
         distributed.barrier()
 
     # -- start and end ----------------------------------------------------------------------
 
-    def _baseline(self) -> float | None:
-        if self.val_ds is None:
-            return None
-        return unigram_loss(self.train_ds, self.val_ds, self.model_cfg.vocab)
-
     def _announce(self, resume_from: Path | None, baseline: float | None) -> None:
         if not self.dist.is_main:
             return
         params = self.model.num_params()
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         where = (f"resuming from {resume_from} at step {self.step}" if resume_from
                  else "from scratch")
-        console.print(
-            f"pretrain: {params / 1e6:.2f}M parameters, {len(self.train_ds):,} train tokens, "
-            f"{self.tcfg.max_steps} steps x {self.tcfg.tokens_per_step * self.dist.world_size:,} "
-            f"tokens, {self.rt.device.type} {self.rt.precision}"
+        described = self.objective.describe()
+        self.say(
+            f"{params / 1e6:.2f}M parameters"
+            + (f" ({trainable / 1e6:.2f}M trained)" if trainable != params else "")
+            + (f", {described}" if described else "")
+            + f", {self.tcfg.max_steps} steps x "
+            f"{self.tcfg.tokens_per_step * self.dist.world_size:,} tokens, "
+            f"{self.rt.device.type} {self.rt.precision}"
             + (f" {self.rt.threads} thread{'s' * (self.rt.threads > 1)}"
                if self.rt.device.type == "cpu" else "") + f", {where}"
         )
         if baseline is not None:
-            console.print(f"pretrain: unigram baseline val loss {baseline:.4f} (a model must "
-                          "beat this)")
+            self.say(f"unigram baseline val loss {baseline:.4f} (a model must beat this)")
         if resume_from is None:
-            self.log({"step": 0, "event": "start", "params": params,
-                       "unigram_val_loss": baseline, "device": self.rt.device.type,
-                       "precision": self.rt.precision, "threads": self.rt.threads,
-                       "world_size": self.dist.world_size})
+            self.log({"step": 0, "event": "start", "objective": self.objective.name,
+                      "params": params, "trainable_params": trainable,
+                      "unigram_val_loss": baseline, "device": self.rt.device.type,
+                      "precision": self.rt.precision, "threads": self.rt.threads,
+                      "world_size": self.dist.world_size})
 
     def _finish(self, stopped: str | None, baseline: float | None) -> dict[str, Any]:
-        from lmforge.train.finish import finish
+        """The last eval and checkpoint, the test eval; returns the run's summary."""
+        if stopped is not None:
+            self.log({"step": self.step, "event": "early_stop", "reason": stopped})
+            self.say(f"stopped at step {self.step}: {stopped}")
+        if self.has_val and self.last_eval_step != self.step:
+            self.run_eval()
+        if self.last_ckpt_step != self.step:
+            self.save_checkpoint()
+        test = None
+        if self.objective.has_split("test") and self.tcfg.test_eval:
+            test = self.evaluate("test", None)
+            self.log({"step": self.step, **test.row("test")})
+        val = self.last_eval
+        summary = {
+            "steps": self.step, "tokens": self.tokens_seen, "params": self.model.num_params(),
+            "device": self.rt.device.type, "precision": self.rt.precision,
+            "world_size": self.dist.world_size,
+            "val_loss": val.loss if val else None, "val_ppl": val.perplexity if val else None,
+            "val_bpb": val.bits_per_byte if val else None,
+            "best_val_loss": self.best_val if val else None,
+            "test_loss": test.loss if test else None,
+            "test_bpb": test.bits_per_byte if test else None,
+            "unigram_val_loss": baseline, "skipped_steps": self.guard.skipped,
+            "rollbacks": self.guard.rollbacks, "stopped_early": stopped,
+            "elapsed_s": round(time.time() - self.started, 3),
+        }
+        self._print_summary(summary)
+        return summary
 
-        return finish(self, stopped, baseline)
+    def _print_summary(self, m: dict[str, Any]) -> None:
+        parts = [f"{m['steps']} steps", f"{m['tokens']:,} tokens"]
+        if m["val_loss"] is not None:
+            parts.append(f"val loss {m['val_loss']:.4f}")
+        if m["val_bpb"] is not None:
+            parts.append(f"{m['val_bpb']:.3f} bits/byte")
+        if m["unigram_val_loss"] is not None:
+            parts.append(f"unigram baseline {m['unigram_val_loss']:.4f}")
+        if m["test_loss"] is not None:
+            parts.append(f"test loss {m['test_loss']:.4f}")
+        parts.append(f"{m['skipped_steps']} skipped, {m['rollbacks']} rollbacks")
+        self.say(", ".join(parts))
+
+    @property
+    def has_val(self) -> bool:
+        return self.objective.has_split("val")
 
     def _install_signal_handlers(self) -> dict[int, Any]:
         previous: dict[int, Any] = {}
