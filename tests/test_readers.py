@@ -84,7 +84,7 @@ def test_empty_binary_and_giant_line(tmp_path):
     records = read_all(sources)
     drops = by_reason(records)
     assert drops["empty_file"].location.endswith("empty.jsonl:0")
-    assert drops["binary_file"].location.endswith("blob.txt:0")
+    assert drops["binary"].location.endswith("blob.txt:1")  # one document: the whole file
     assert drops["line_too_long"].location.endswith("giant.jsonl:2")
     assert len(drops["line_too_long"].text) < 3000  # the quarantine keeps a readable prefix
     assert [d.text for d in records if isinstance(d, Doc)] == ["before", "after"]

@@ -1,27 +1,43 @@
 """Reading a shard: every input line becomes a `Doc` or a `Drop` with file, line and reason.
 
-Reading streams: memory stays flat however large the input (a giant line is cut and its
-rest skipped in chunks).
+Rows in = rows out: each line of a JSONL file, and each document of a text, Parquet or HF
+input, yields exactly one record. What cannot be read at all yields one `Drop` saying why:
+a file that is missing, unreadable or not a regular file, an empty one, and the damaged rest
+of a stream (a truncated or corrupt .gz/.zst/.bz2, a file that shrank after planning), after
+every line before the damage.
+
+Reading streams in bounded chunks, so memory stays flat however large the input and however
+far a small compressed file expands: a giant line is cut and its rest skipped.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import re
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import zstandard
 
 from lmforge.data import builtin
-from lmforge.data.document import Doc, Drop
-from lmforge.data.plan import BUILTIN_SHARDS, Shard
+from lmforge.data.document import Doc, Drop, is_valid_unicode, safe_str
+from lmforge.data.plan import BUILTIN_SHARDS, Shard, arrow_files
 from lmforge.errors import UserError
-from lmforge.io import open_binary
+from lmforge.io import compression_of, open_binary
 
 SHOWN_CHARS = 2000  # how much of a rejected raw line the quarantine keeps
-SNIFF_BYTES = 8192
+CHUNK_BYTES = 1 << 16  # one read of the input
+PIECE_READ_BYTES = 1 << 20  # one read while looking for a separator
+MAX_NESTING = 256  # deeper JSON would overflow the stack when its metadata is written
+BOM = b"\xef\xbb\xbf"
+SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # only such a line can hold a lone one
+READ_ERRORS = (OSError, EOFError, zlib.error, zstandard.ZstdError)
+ARROW_ERRORS = (pa.ArrowException, OSError, ValueError, OverflowError)
 
 
 class ShardReader:
@@ -32,6 +48,8 @@ class ShardReader:
         self.max_line_bytes = max_line_bytes
         self.strict = strict
         self.bytes_done = 0
+        self.where = safe_str(shard.path)  # a file name's undecodable bytes, made storable
+        self.limit = f"data.max_line_mb={max_line_bytes / 2**20:g}"
 
     def __iter__(self) -> Iterator[Doc | Drop]:
         fmt = self.shard.format
@@ -50,7 +68,8 @@ class ShardReader:
     ) -> Drop:
         if self.strict:
             raise UserError(
-                f"{location}: {reason}: {detail} (fix the input, or drop --strict to quarantine it)"
+                f"{safe_str(location)}: {reason}: {safe_str(detail)} "
+                "(fix the input, or drop --strict to quarantine it)"
             )
         shown = raw if len(raw) <= SHOWN_CHARS else raw[:SHOWN_CHARS] + f"... [{len(raw)} chars]"
         return Drop(doc_id, shown, self.shard.source, location, "read", reason, detail)
@@ -72,7 +91,7 @@ class ShardReader:
                 location,
                 "bad_id",
                 f"field {shard.id_field!r} is a {type(raw_id).__name__}",
-                json.dumps(record, ensure_ascii=False, default=str),
+                _shown_record(record),
             )
         doc_id = str(raw_id) if raw_id not in (None, "") else fallback_id
         text = record.get(shard.text_field)
@@ -81,7 +100,7 @@ class ShardReader:
                 location,
                 "missing_text",
                 f"no {shard.text_field!r} field",
-                json.dumps(record, ensure_ascii=False, default=str),
+                _shown_record(record),
                 doc_id,
             )
         if not isinstance(text, str):
@@ -89,7 +108,7 @@ class ShardReader:
                 location,
                 "bad_type",
                 f"{shard.text_field!r} is a {type(text).__name__}, not a string",
-                json.dumps(record, ensure_ascii=False, default=str),
+                _shown_record(record),
                 doc_id,
             )
         if not text.strip():
@@ -111,204 +130,380 @@ class ShardReader:
 
     def _file(self, fmt: str) -> Iterator[Doc | Drop]:
         shard = self.shard
-        with open_binary(shard.path) as f:
-            head = f.read(SNIFF_BYTES) if shard.start == 0 else b""
-            if shard.start == 0:
-                if not head.strip():
-                    yield self.reject(f"{shard.path}:0", "empty_file", "the file holds no text")
-                    return
-                if b"\x00" in head:
-                    yield self.reject(
-                        f"{shard.path}:0", "binary_file", "NUL bytes: not a text file"
-                    )
-                    return
-            else:
-                f.seek(shard.start)
-            if fmt == "jsonl":
-                yield from self._jsonl(_prepend(head, f))
+        try:
+            f = open_binary(shard.path)
+        except OSError as e:
+            yield self.reject(f"{self.where}:0", "unreadable_file", _message(e))
+            return
+        with f:
+            if shard.start:
+                f.seek(shard.start)  # only an uncompressed file is cut into byte ranges
+            limit = None if shard.end < 0 else shard.end - shard.start
+            expected = None
+            if compression_of(shard.path) is None:
+                expected = (shard.end if shard.end >= 0 else shard.size) - shard.start
+            stream = _Stream(f, limit, expected)
+            if shard.start == 0 and stream.is_empty():
+                yield self.reject(f"{self.where}:0", "empty_file", "the file holds no bytes")
+            elif fmt == "jsonl":
+                yield from self._jsonl(stream)
             elif shard.separator is None:
-                yield from self._whole_file(head + f.read(self.max_line_bytes + 1 - len(head)))
+                yield self._whole_file(stream)
             else:
-                yield from self._separated(_prepend(head, f))
+                yield from self._separated(stream)
 
-    def _lines(self, f) -> Iterator[tuple[int, bytes, bool]]:
-        """(line number, bytes, too_long) for each line of the range. An oversized line is cut
-        to its first max_line_bytes and the rest skipped in chunks, so memory stays flat."""
+    def _lines(self, stream: _Stream) -> Iterator[tuple[int, bytes, str]]:
+        """(line number, bytes, kind) for each line of the range. kind is "ok", "too_long" (the
+        line is cut to max_line_bytes and its rest skipped, so memory stays flat) or
+        "damaged" (the stream failed inside it, or after the last line: then it is empty)."""
         line_no = self.shard.first_line - 1
-        budget = -1 if self.shard.end < 0 else self.shard.end - self.shard.start
-        used = 0
-        while budget < 0 or used < budget:
-            line = f.readline(self.max_line_bytes + 1)
-            if not line:
-                return
+        while line := stream.readline(self.max_line_bytes + 1):
             line_no += 1
-            used += len(line)
-            too_long = len(line) > self.max_line_bytes and not line.endswith(b"\n")
-            rest = line
-            while too_long and rest and not rest.endswith(b"\n"):
-                rest = f.readline(1 << 20)
-                used += len(rest)
-            yield line_no, line, too_long
-            self.bytes_done = used
+            kind = "ok"
+            if len(line) > self.max_line_bytes and not line.endswith(b"\n"):
+                stream.skip_line()
+                kind = "too_long"
+            elif stream.damage and not line.endswith(b"\n"):
+                kind = "damaged"
+            if line_no == 1:
+                line = line.removeprefix(BOM)
+            self.bytes_done = min(stream.used, self.shard.size)
+            yield line_no, line, kind
+            if kind == "damaged":
+                return
+        if stream.damage:
+            yield line_no + 1, b"", "damaged"
 
-    def _jsonl(self, f) -> Iterator[Doc | Drop]:
-        path = self.shard.path
-        limit = f"data.max_line_mb={self.max_line_bytes / 2**20:g}"
-        for line_no, line, too_long in self._lines(f):
-            location = f"{path}:{line_no}"
-            if too_long:
+    def _jsonl(self, stream: _Stream) -> Iterator[Doc | Drop]:
+        for line_no, line, kind in self._lines(stream):
+            location = f"{self.where}:{line_no}"
+            if kind == "too_long":
                 raw = line[:SHOWN_CHARS].decode("utf-8", "replace")
-                yield self.reject(location, "line_too_long", f"longer than {limit}", raw)
-                continue
-            text = self.decoded(line, location)
-            if isinstance(text, Drop):
-                yield text
-                continue
-            if not text.strip():
-                yield self.reject(location, "blank_line", "an empty line in a JSONL file")
-                continue
-            try:
-                record = json.loads(text)
-            except json.JSONDecodeError as e:
-                detail = f"{e.msg} at column {e.colno}"
-                yield self.reject(location, "malformed_json", detail, text.rstrip("\n"))
-                continue
-            if not isinstance(record, dict):
-                detail = f"a JSON {type(record).__name__}, not an object"
-                yield self.reject(location, "not_an_object", detail, text.rstrip("\n"))
-                continue
-            yield self.make_doc(record, location, f"{self.shard.id_prefix}:{line_no}")
+                yield self.reject(location, "line_too_long", f"longer than {self.limit}", raw)
+            elif kind == "damaged":
+                yield self.reject(location, *stream.damage, line.decode("utf-8", "replace"))
+            else:
+                yield self._json_line(line, location, line_no)
 
-    def _whole_file(self, data: bytes) -> Iterator[Doc | Drop]:
-        location = f"{self.shard.path}:1"
+    def _json_line(self, line: bytes, location: str, line_no: int) -> Doc | Drop:
+        text = self.decoded(line, location)
+        if isinstance(text, Drop):
+            return text
+        if not text.strip():
+            return self.reject(location, "blank_line", "an empty line in a JSONL file")
+        shown = text.rstrip("\r\n")
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as e:
+            return self.reject(location, "malformed_json", f"{e.msg} at column {e.colno}", shown)
+        except (ValueError, RecursionError) as e:  # a number of over 4300 digits, deep nesting
+            return self.reject(location, "malformed_json", _message(e), shown)
+        if not isinstance(record, dict):
+            detail = f"a JSON {type(record).__name__}, not an object"
+            return self.reject(location, "not_an_object", detail, shown)
+        if line.count(b"[") + line.count(b"{") > MAX_NESTING and _depth(record) > MAX_NESTING:
+            detail = f"JSON nested deeper than {MAX_NESTING} levels"
+            return self.reject(location, "too_deep", detail, shown)
+        if SURROGATE_ESCAPE.search(line):
+            field = _field_with_lone_surrogate(record)
+            if field is not None:
+                detail = (
+                    f"field {field!r} holds a lone surrogate (an unpaired \\ud800-\\udfff "
+                    "escape), which is not Unicode text; pair it or remove it"
+                )
+                raw_id = record.get(self.shard.id_field)
+                doc_id = raw_id if isinstance(raw_id, str) and raw_id else None
+                return self.reject(location, "lone_surrogate", detail, shown, doc_id)
+        return self.make_doc(record, location, f"{self.shard.id_prefix}:{line_no}")
+
+    def _whole_file(self, stream: _Stream) -> Drop | Doc:
+        location = f"{self.where}:1"
+        data = stream.read(self.max_line_bytes + 1)
+        if stream.damage:
+            return self.reject(location, *stream.damage, data.decode("utf-8", "replace"))
         if len(data) > self.max_line_bytes:
-            yield self.reject(
+            return self.reject(
                 location,
                 "file_too_large",
-                f"one document over data.max_line_mb={self.max_line_bytes / 2**20:g}; "
-                "set the source's separator to split it",
+                f"one document over {self.limit}; set the source's separator to split it",
             )
-            return
-        text = self.decoded(data, location)
-        yield (
-            text
-            if isinstance(text, Drop)
-            else self.make_doc({"text": text}, location, self.shard.id_prefix)
-        )
+        return self._text_doc(data.removeprefix(BOM), location, self.shard.id_prefix)
 
-    def _separated(self, f) -> Iterator[Doc | Drop]:
-        """Documents between occurrences of the separator; blank pieces are separators too."""
-        sep = self.shard.separator.encode("utf-8")  # type: ignore[union-attr]
-        budget = -1 if self.shard.end < 0 else self.shard.end - self.shard.start
-        used, line_no, buf = 0, self.shard.first_line, b""
+    def _text_doc(self, raw: bytes, location: str, doc_id: str) -> Doc | Drop:
+        nul = raw.find(b"\x00")
+        if nul >= 0:
+            detail = f"a NUL byte at byte {nul}: binary data, not text"
+            return self.reject(location, "binary", detail, raw.decode("utf-8", "replace"))
+        text = self.decoded(raw, location)
+        if isinstance(text, Drop):
+            return text
+        if not text.strip():
+            return self.reject(location, "empty_text", "the document is blank", text, doc_id)
+        shard = self.shard
+        return Doc(doc_id, text, shard.source, location, shard.weight)
+
+    def _separated(self, stream: _Stream) -> Iterator[Doc | Drop]:
+        """Documents between occurrences of the separator; blank pieces are separators too.
+        CRLF line ends are read as LF, so a Windows file splits like any other."""
+        sep = self.shard.separator.replace("\r\n", "\n").encode("utf-8")  # type: ignore[union-attr]
+        line_no, buf, carry = self.shard.first_line, b"", b""
         skipping = False  # inside a piece already quarantined as too long
-        while True:
-            want = 1 << 20 if budget < 0 else min(1 << 20, budget - used)
-            chunk = f.read(want) if want > 0 else b""
-            used += len(chunk)
-            buf += chunk
-            pieces = buf.split(sep)
-            buf = pieces.pop() if chunk else b""
+        found = 0
+        first = self.shard.start == 0
+        while chunk := stream.read(PIECE_READ_BYTES):
+            if first:
+                chunk, first = chunk.removeprefix(BOM), False
+            data = carry + chunk
+            carry = b"\r" if data.endswith(b"\r") else b""  # its LF may open the next read
+            buf += data[: len(data) - len(carry)].replace(b"\r\n", b"\n")
+            *pieces, buf = buf.split(sep)
             for piece in pieces:
                 if not skipping:
-                    yield from self._piece(piece, line_no)
+                    for record in self._piece(piece, line_no):
+                        found += 1
+                        yield record
                 skipping = False
                 line_no += piece.count(b"\n") + sep.count(b"\n")
-            self.bytes_done = used
-            if not chunk:
-                return
+            self.bytes_done = min(stream.used, self.shard.size)
             if len(buf) > self.max_line_bytes:
                 if not skipping:
-                    limit = f"data.max_line_mb={self.max_line_bytes / 2**20:g}"
-                    raw = buf[:SHOWN_CHARS].decode("utf-8", "replace")
-                    location = f"{self.shard.path}:{line_no}"
-                    yield self.reject(
-                        location, "line_too_long", f"a piece longer than {limit}", raw
-                    )
+                    found += 1
+                    yield self._too_long_piece(buf, line_no)
                 skipping = True
                 line_no += buf.count(b"\n")
                 buf = b""
+        buf += carry
+        if stream.damage:
+            yield self.reject(
+                f"{self.where}:{line_no}", *stream.damage, buf.decode("utf-8", "replace")
+            )
+            return
+        if not skipping:
+            for record in self._piece(buf, line_no):
+                found += 1
+                yield record
+        if not found and self.shard.start == 0 and self.shard.end < 0:
+            yield self.reject(f"{self.where}:1", "empty_file", "the file holds only blank text")
+
+    def _too_long_piece(self, piece: bytes, line_no: int) -> Drop:
+        raw = piece[:SHOWN_CHARS].decode("utf-8", "replace")
+        location = f"{self.where}:{line_no}"
+        return self.reject(location, "line_too_long", f"a piece longer than {self.limit}", raw)
 
     def _piece(self, piece: bytes, line_no: int) -> Iterator[Doc | Drop]:
         if not piece.strip():
             return
         lead = len(piece) - len(piece.lstrip(b"\r\n"))
         start_line = line_no + piece[:lead].count(b"\n")
-        location = f"{self.shard.path}:{start_line}"
         if len(piece) > self.max_line_bytes:
-            limit = f"data.max_line_mb={self.max_line_bytes / 2**20:g}"
-            raw = piece[:SHOWN_CHARS].decode("utf-8", "replace")
-            yield self.reject(location, "line_too_long", f"a piece longer than {limit}", raw)
+            yield self._too_long_piece(piece, start_line)
             return
-        text = self.decoded(piece, location)
-        if isinstance(text, Drop):
-            yield text
-            return
-        yield self.make_doc(
-            {"text": text.strip("\r\n")}, location, f"{self.shard.id_prefix}:{start_line}"
-        )
+        location = f"{self.where}:{start_line}"
+        yield self._text_doc(piece.strip(b"\r\n"), location, f"{self.shard.id_prefix}:{start_line}")
 
     def _parquet(self) -> Iterator[Doc | Drop]:
         shard = self.shard
         try:
+            open_binary(shard.path).close()  # refuses a directory or a FIFO (it would block)
             pf = pq.ParquetFile(shard.path)
-        except (pa.ArrowInvalid, OSError) as e:
-            yield self.reject(f"{shard.path}:0", "unreadable_parquet", str(e).splitlines()[0])
+            groups = pf.metadata.num_row_groups
+        except ARROW_ERRORS as e:
+            yield self.reject(f"{self.where}:0", "unreadable_parquet", _message(e))
             return
-        end = pf.metadata.num_row_groups if shard.end < 0 else shard.end
-        groups = list(range(shard.start, end))
-        yield from self._records(
-            pf.iter_batches(batch_size=1024, row_groups=groups), shard.first_line
-        )
+        end = groups if shard.end < 0 else shard.end
+        if end > groups:
+            detail = f"it has {groups} row groups, {end} were planned: it changed during the run"
+            yield self.reject(f"{self.where}:0", "file_changed", detail)
+            end = groups
+        row = shard.first_line
+        with pf:
+            for group in range(shard.start, end):
+                yield from self._row_group(pf, group, row)
+                row += pf.metadata.row_group(group).num_rows
+
+    def _row_group(self, pf: pq.ParquetFile, group: int, first_row: int) -> Iterator[Doc | Drop]:
+        """One row group's records; rows it fails to deliver are quarantined one by one."""
+        batches = pf.iter_batches(batch_size=1024, row_groups=[group], use_threads=False)
+        done = 0
+        while True:
+            try:
+                batch = next(batches, None)
+            except ARROW_ERRORS as e:
+                detail = f"row group {group} cannot be read: {_message(e)}"
+                end = first_row + pf.metadata.row_group(group).num_rows
+                for row in range(first_row + done, end):
+                    yield self.reject(f"{self.where}:{row}", "unreadable_row", detail)
+                return
+            if batch is None:
+                return
+            yield from self._batch(batch, self.where, self.shard.id_prefix, first_row + done)
+            done += batch.num_rows
 
     def _hf(self) -> Iterator[Doc | Drop]:
         root = Path(self.shard.path)
-        for arrow in sorted(root.rglob("*.arrow")):
+        rows: dict[str, int] = {}  # a split's shards (data-00000-of-00002.arrow...) count on
+        for arrow in arrow_files(root):
             split = arrow.parent.relative_to(root).as_posix()
+            path, id_prefix = self.where, self.shard.id_prefix
+            if split != ".":
+                path, id_prefix = f"{path}/{safe_str(split)}", f"{id_prefix}:{safe_str(split)}"
+            row = rows.get(split, 1)
             try:
                 with pa.memory_map(str(arrow)) as source:
-                    reader = pa.ipc.open_stream(source)
-                    yield from self._records(iter(reader), 1, prefix=split if split != "." else "")
-            except pa.ArrowInvalid as e:
-                yield self.reject(f"{arrow}:0", "unreadable_arrow", str(e).splitlines()[0])
+                    for batch in pa.ipc.open_stream(source):
+                        yield from self._batch(batch, path, id_prefix, row)
+                        row += batch.num_rows
+            except ARROW_ERRORS as e:
+                detail = f"{safe_str(arrow.name)} cannot be read from here on: {_message(e)}"
+                yield self.reject(f"{path}:{row}", "unreadable_arrow", detail)
+            rows[split] = row
 
-    def _records(self, batches, first_row: int, prefix: str = "") -> Iterator[Doc | Drop]:
-        row = first_row
-        path = self.shard.path if not prefix else f"{self.shard.path}/{prefix}"
-        id_prefix = self.shard.id_prefix if not prefix else f"{self.shard.id_prefix}:{prefix}"
-        for batch in batches:
-            for record in batch.to_pylist():
-                yield self.make_doc(record, f"{path}:{row}", f"{id_prefix}:{row}")
-                row += 1
+    def _batch(
+        self, batch: pa.RecordBatch, path: str, id_prefix: str, first_row: int
+    ) -> Iterator[Doc | Drop]:
+        """The batch's rows as records. A batch that does not convert as a whole (invalid
+        UTF-8 in a string column, a date Python cannot hold) is converted row by row, so
+        only its bad rows are quarantined."""
+        try:
+            records: list[dict[str, Any]] | None = batch.to_pylist()
+        except ARROW_ERRORS:
+            records = None
+        for k in range(batch.num_rows):
+            row = first_row + k
+            location = f"{path}:{row}"
+            if records is not None:
+                record = records[k]
+            else:
+                try:
+                    record = batch.slice(k, 1).to_pylist()[0]
+                except ARROW_ERRORS as e:
+                    reason = "undecodable" if isinstance(e, UnicodeDecodeError) else "bad_value"
+                    yield self.reject(location, reason, _message(e))
+                    continue
+            yield self.make_doc(record, location, f"{id_prefix}:{row}")
 
 
-def _prepend(head: bytes, f):
-    """A file-like object that first returns `head`, then the rest of `f`."""
-    return _Chained(head, f)
+class _Stream:
+    """Bounded reads of a shard's bytes that end cleanly when the file fails: every byte
+    before the failure is delivered, then `damage` holds (reason, detail)."""
 
-
-class _Chained:
-    def __init__(self, head: bytes, f):
-        self.buffer = head
+    def __init__(self, f: IO[bytes], limit: int | None, expected: int | None):
         self.f = f
+        self.limit = limit  # bytes the shard covers; None: to the end of the file
+        self.expected = expected  # bytes the plan saw (None for a compressed file)
+        self.used = 0
+        self.buffer = bytearray()
+        self.ended = False
+        self.damage: tuple[str, str] | None = None
 
-    def read(self, n: int = -1) -> bytes:
-        if n < 0:
-            out, self.buffer = self.buffer + self.f.read(), b""
-            return out
-        if len(self.buffer) < n:
-            self.buffer += self.f.read(n - len(self.buffer))
-        out, self.buffer = self.buffer[:n], self.buffer[n:]
+    def _fill(self) -> bool:
+        """Append the next chunk to the buffer; False once the stream has ended."""
+        want = CHUNK_BYTES if self.limit is None else min(CHUNK_BYTES, self.limit - self.used)
+        if self.ended or want <= 0:
+            self.ended = True
+            return False
+        try:
+            chunk = self.f.read1(want)  # one raw read: a failure loses no earlier bytes
+        except READ_ERRORS as e:
+            self.damage = (_damage_reason(e), f"{_message(e)}; nothing after this was read")
+            chunk = b""
+        if chunk:
+            self.used += len(chunk)
+            self.buffer += chunk
+            return True
+        self.ended = True
+        if self.damage is None and self.expected is not None and self.used < self.expected:
+            self.damage = (
+                "file_changed",
+                f"the file ended {self.expected - self.used} bytes before the planned end: "
+                "it was truncated or replaced during the run",
+            )
+        return False
+
+    def _take(self, n: int) -> bytes:
+        with memoryview(self.buffer) as view:
+            out = bytes(view[:n])  # one copy (a bytearray slice would be a second)
+        del self.buffer[:n]
         return out
 
-    def readline(self, limit: int = -1) -> bytes:
-        while b"\n" not in self.buffer and (limit < 0 or len(self.buffer) < limit):
-            more = self.f.readline(limit if limit > 0 else -1)
-            if not more:
-                break
-            self.buffer += more
-        cut = self.buffer.find(b"\n") + 1 or len(self.buffer)
-        if limit > 0:
-            cut = min(cut, limit)
-        out, self.buffer = self.buffer[:cut], self.buffer[cut:]
-        return out
+    def is_empty(self) -> bool:
+        """Whether the stream holds no bytes at all (and did not fail)."""
+        return not self.buffer and not self._fill() and self.damage is None
+
+    def readline(self, limit: int) -> bytes:
+        """The next line with its newline, cut at `limit` bytes; b"" at the end."""
+        scanned = 0
+        while True:
+            hit = self.buffer.find(b"\n", scanned, limit)
+            if hit >= 0:
+                return self._take(hit + 1)
+            scanned = min(len(self.buffer), limit)
+            if len(self.buffer) >= limit or not self._fill():
+                return self._take(limit)
+
+    def skip_line(self) -> None:
+        """Drop the bytes up to and including the next newline, a chunk at a time."""
+        while True:
+            hit = self.buffer.find(b"\n")
+            if hit >= 0:
+                del self.buffer[: hit + 1]
+                return
+            self.buffer.clear()
+            if not self._fill():
+                return
+
+    def read(self, n: int) -> bytes:
+        """Up to `n` bytes; fewer only at the end."""
+        while len(self.buffer) < n and self._fill():
+            pass
+        return self._take(n)
+
+
+def _damage_reason(error: BaseException) -> str:
+    if isinstance(error, EOFError):
+        return "truncated"
+    if isinstance(error, OSError) and error.errno is not None:
+        return "read_error"
+    return "corrupt"
+
+
+def _message(error: BaseException) -> str:
+    """An error's first line, without the file name (the location names the file)."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _shown_record(record: dict) -> str:
+    return json.dumps(record, ensure_ascii=False, default=str)
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and objects nest in a parsed JSON value (iteratively: no recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in item)
+    return deepest
+
+
+def _field_with_lone_surrogate(record: dict) -> str | None:
+    """The name (made storable) of the first field whose key or value holds a lone surrogate."""
+    for key, value in record.items():
+        stack = [key, value]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, str):
+                if not is_valid_unicode(item):
+                    return safe_str(key)
+            elif isinstance(item, dict):
+                stack.extend(item.keys())
+                stack.extend(item.values())
+            elif isinstance(item, list):
+                stack.extend(item)
+    return None

@@ -49,6 +49,7 @@ def write_shard(task: WriteTask) -> dict[str, Any]:
     splits = {s: layout.PartWriter(out / s / name, layout.OUTPUT_SCHEMA) for s in layout.SPLITS}
     quarantine = layout.PartWriter(out / layout.QUARANTINE / name, layout.QUARANTINE_SCHEMA)
     stats = Stats()
+    extra_pieces = 0  # split rows beyond one per document (a cut document gives several)
     dropped_path = layout.work_file(work, "dropped", shard.index, ".parquet")
     if dropped_path.is_file():
         for batch in pq.ParquetFile(dropped_path).iter_batches(batch_size=BATCH, use_threads=False):
@@ -61,9 +62,14 @@ def write_shard(task: WriteTask) -> dict[str, Any]:
             docs = pa.Table.from_batches([batch])
             decided = decisions.slice(offset, docs.num_rows)
             offset += docs.num_rows
-            _route(docs, decided, splits, quarantine, stats, shard.source)
+            extra_pieces += _route(docs, decided, splits, quarantine, stats, shard.source)
     for writer in (*splits.values(), quarantine):
         writer.close()
+    # Count what is on disk, not what was handed to the writers: the accounting check then
+    # sees any row lost between here and the file.
+    stats.count("written", "quarantine", _rows_on_disk(quarantine.path))
+    documents = sum(_rows_on_disk(w.path) for w in splits.values()) - extra_pieces
+    stats.count("written", "documents", documents)
     result = stats.to_json()
     atomic_write_json(marker, {"fingerprint": task.fingerprint, "stats": result})
     executor.report(sum(w.count for w in splits.values()) + quarantine.count, shard.size)
@@ -77,7 +83,8 @@ def _route(
     quarantine: layout.PartWriter,
     stats: Stats,
     source: str,
-) -> None:
+) -> int:
+    """Write one batch; returns how many more split rows than documents it wrote."""
     dropped = decided["step"].is_valid()
     cut = decided["pieces"].is_valid()
     reasons = decided.select(["step", "reason", "detail", "duplicate_of"])
@@ -88,8 +95,25 @@ def _route(
         part = docs.filter(pa.array(whole & (split == code)))
         splits[name].write(part)
         _count(stats, name, source, part)
-    if pc.any(cut).as_py():
-        _write_pieces(docs.filter(cut), decided["pieces"].filter(cut), splits, stats, source)
+    if not pc.any(cut).as_py():
+        return 0
+    cut_docs = docs.filter(cut)
+    pieces = _write_pieces(cut_docs, decided["pieces"].filter(cut), splits, stats, source)
+    return pieces - cut_docs.num_rows
+
+
+def check_accounting(result: dict[str, Any]) -> None:
+    """Rows in = rows out: every record the readers produced was written once, to a split or
+    to the quarantine. Anything else is a bug in lmforge, so the run stops rather than
+    publish an output that lost documents."""
+    records = result["input"]["records"]
+    written = result["counters"].get("written", {})
+    documents, quarantined = written.get("documents", 0), written.get("quarantine", 0)
+    if documents + quarantined != records:
+        raise RuntimeError(
+            f"data: {records:,} input records, but {documents:,} documents and "
+            f"{quarantined:,} quarantine rows were written; please report this lmforge bug"
+        )
 
 
 def _join(left: pa.Table, right: pa.Table) -> pa.Table:
@@ -104,8 +128,10 @@ def _write_pieces(
     splits: dict[str, layout.PartWriter],
     stats: Stats,
     source: str,
-) -> None:
-    """Documents a contiguous split cut at a boundary: one piece per split, `id#split`."""
+) -> int:
+    """Documents a contiguous split cut at a boundary: one piece per split, `id#split`.
+    Returns the number of pieces written."""
+    written = 0
     for record, spec in zip(docs.to_pylist(), pieces.to_pylist(), strict=True):
         for code, start, end in json.loads(spec):
             name = layout.SPLITS[code]
@@ -114,6 +140,12 @@ def _write_pieces(
             table = pa.Table.from_pylist([piece], schema=layout.WORK_SCHEMA)
             splits[name].write(table)
             _count(stats, name, source, table)
+            written += 1
+    return written
+
+
+def _rows_on_disk(path: Path) -> int:
+    return pq.ParquetFile(path).metadata.num_rows if path.is_file() else 0
 
 
 def _count(stats: Stats, split: str, source: str, part: pa.Table) -> None:
