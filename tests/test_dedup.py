@@ -17,6 +17,8 @@ from lmforge.data.dedup.clusters import (
     cluster_size_histogram,
     components,
     pair_similarity,
+    representatives,
+    split_views,
     verified_pairs,
 )
 from lmforge.data.dedup.exact import exact_keys, first_occurrence
@@ -262,3 +264,92 @@ def test_components_roots_are_the_earliest_member_and_histogram():
     assert roots.tolist() == [0, 1, 2, 2, 4, 5, 6, 5, 5, 2]
     assert cluster_size_histogram(roots) == {3: 2}
     assert components(0, i[:0], j[:0]).shape == (0,)
+
+
+def test_representatives_skip_a_copy_cut_to_a_fraction():
+    groups = np.array([0, 0, 0, 3, 3, 5, 9, 9, 9, 12, 12])
+    kept = np.array([20, 100, 96, 100, 100, 50, 74, 100, 75, 0, 0])
+    chosen = representatives(groups, kept)
+    # group 0: the hard-wrapped first copy (20%) gives way to the earliest whole one;
+    # 96% is within KEEP_SHARE of 100%, so input order decides; 75 is in, 74 is out
+    assert chosen.tolist() == [1, 1, 1, 3, 3, 5, 7, 7, 7, 9, 9]
+    assert representatives(np.array([7, 2, 7, 2]), np.array([10, 90, 40, 90])).tolist() == [
+        2, 1, 2, 1]  # fmt: skip
+    assert representatives(np.zeros(0, np.int64), np.zeros(0, np.uint8)).shape == (0,)
+
+
+def test_dedup_views_are_taken_before_the_first_editing_step(tmp_path):
+    from lmforge.data.config import DataConfig
+    from lmforge.data.document import Doc
+    from lmforge.data.layout import QUARANTINE_SCHEMA, PartWriter
+    from lmforge.data.process import Features, _run_steps, kept_percent
+    from lmforge.data.stats import Stats
+
+    halves = [(f"Sentence number {n} of this page", "says something plain and true.")
+              for n in ("one", "two", "three", "four")]  # fmt: skip
+    lines = [line for pair in halves for line in pair]
+    wrapped = "\n".join([*lines, "Write to me at a.b@example.com any time."])
+    raw = "Plain\u00a0start  of\tthe page   \n" + wrapped
+    docs = [Doc("a", raw, "s", "s:1")]
+    steps = ["normalize", "length", "quality", "pii", "exact_dedup", "near_dedup"]
+    gopher_off = {"enabled": False}
+    quality = {"gopher_quality": gopher_off, "gopher_repetition": gopher_off}
+    cfg = DataConfig(steps=steps, length={"min": 1}, quality=quality)
+    drops = PartWriter(tmp_path / "drops.parquet", QUARANTINE_SCHEMA)
+    kept, views = _run_steps(docs, Features(cfg), Stats(), "s", drops)
+    assert kept == docs and views == ["Plain start of\tthe page\n" + wrapped]  # normalized only
+    assert kept[0].text.startswith("says something")  # C4 cut the first halves
+    assert "a.b@example.com" in views[0] and "a.b@example.com" not in kept[0].text  # PII too
+    assert kept_percent([kept[0].text], views)[0] == 100 * len(kept[0].text) // len(views[0])
+    no_edits = DataConfig(steps=["normalize", "exact_dedup"])
+    kept, views = _run_steps([Doc("b", raw, "s", "s:2")], Features(no_edits), Stats(), "s", drops)
+    assert views == [kept[0].text]
+    assert kept_percent(["longer <EMAIL> text", "x"], ["a@b.c text", ""]).tolist() == [100, 100]
+
+
+def test_pair_similarity_of_two_views_is_that_of_the_closest_two():
+    rng = np.random.default_rng(5)
+    before = rng.integers(0, 2**32, size=(4, 64), dtype=np.uint32)
+    after = before.copy()
+    before[1, :40] = before[0, :40]  # documents 0 and 1: 40/64 alike before the edits
+    after[1, :60] = after[0, :60]  # ... and 60/64 after them
+    after[2] = rng.integers(0, 2**32, size=64, dtype=np.uint32)
+    before[3, :56] = after[2, :56]  # 3 before the edits is 56/64 like 2 after them
+    sig = np.hstack([before, after])
+    i, j = np.array([0, 0, 2]), np.array([1, 2, 3])
+    assert pair_similarity(i, j, sig, views=2).tolist() == [60 / 64, 0.0, 56 / 64]
+    assert pair_similarity(i, j, before).tolist() == [40 / 64, 0.0, 0.0]
+    vi, vj = verified_pairs(i, j, sig, threshold=0.9, views=2)
+    assert vi.tolist() == [0] and vj.tolist() == [1]
+
+
+def test_candidate_pairs_match_any_view_of_one_with_any_view_of_the_other():
+    before = np.array([[1, 2], [3, 4], [5, 6], [7, 8], [9, 10]], dtype=np.uint64)
+    after = before.copy()  # documents 0 and 1: nothing edited
+    after[2] = [11, 4]  # 2 after the edits shares a band with 1
+    after[3] = [12, 13]
+    before[4], after[4] = [12, 99], [98, 97]  # 3 after the edits shares one with 4 before
+    keys = np.hstack([before, after])
+    i, j = candidate_pairs(keys, views=2)
+    assert list(zip(i.tolist(), j.tolist(), strict=True)) == [(1, 2), (3, 4)]
+    assert candidate_pairs(before)[0].size == 0 and candidate_pairs(after)[0].tolist() == [1]
+    rows, owner = split_views(keys, views=2)
+    assert owner.tolist() == [0, 1, 2, 2, 3, 3, 4, 4]  # a view equal to the first is left out
+    assert rows[3].tolist() == [11, 4]
+
+
+def test_a_shard_done_with_another_feature_layout_is_redone(tmp_path):
+    """`--resume` after an upgrade: feature files of the old layout (one view) are not read."""
+    from types import SimpleNamespace
+
+    from lmforge.data import layout
+    from lmforge.data.process import FEATURE_LAYOUT, ShardTask, is_done
+    from lmforge.io import atomic_write_json
+
+    task = ShardTask(SimpleNamespace(index=3), None, tmp_path, "fp")
+    marker = layout.work_file(tmp_path, "done", 3, ".json")
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(marker, {"fingerprint": "fp", "docs": 5})
+    assert not is_done(task)
+    atomic_write_json(marker, {"fingerprint": "fp", "layout": FEATURE_LAYOUT, "docs": 5})
+    assert is_done(task)

@@ -7,8 +7,9 @@ import pytest
 
 from lmforge.data.config import BlocklistConfig
 from lmforge.data.document import Doc
-from lmforge.data.steps.blocklist import Blocklist, BlocklistStep, read_terms
+from lmforge.data.steps.blocklist import BlocklistStep
 from lmforge.errors import UserError
+from lmforge.text.blocklist import Blocklist, read_terms
 
 ZH_PROSE = (Path(__file__).parent / "data" / "steps_zh_prose.txt").read_text(encoding="utf-8")
 

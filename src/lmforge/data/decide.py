@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from lmforge.data import layout
 from lmforge.data.config import GLOBAL_STEPS, DataConfig
 from lmforge.data.plan import Shard
-from lmforge.data.process import resolve_bands
+from lmforge.data.process import VIEWS, resolve_bands
 from lmforge.data.split import DROPPED, Cuts, assign_splits, decontaminate
 from lmforge.data.stats import Stats
 from lmforge.data.table import Table, load_table, near_pairs, verification_threshold
@@ -125,27 +125,35 @@ def _duplicate_ids(table: Table) -> None:
 
 
 def _exact_dedup(cfg: DataConfig, table: Table, summary: dict, stats: Stats) -> None:
+    """Documents with an equal key, before or after the line edits (process.VIEWS; a text of
+    one equal to a text of the other), form one group, which keeps one of them
+    (clusters.representatives says which)."""
+    from lmforge.data.dedup.clusters import components, representatives, split_views
     from lmforge.data.dedup.exact import first_occurrence
 
     rows = np.flatnonzero(table.alive)
-    first = first_occurrence(table.exact[rows])
-    dup = np.flatnonzero(first != np.arange(len(rows)))
+    keys, owner = split_views(table.exact[rows], VIEWS)
+    groups = components(len(rows), owner[first_occurrence(keys)], owner)
+    chosen = representatives(groups, table.kept[rows])
+    dup = np.flatnonzero(chosen != np.arange(len(rows)))
     table.drop(
-        rows[dup], "exact_dedup", "exact_duplicate", "same normalized text", rows[first[dup]]
+        rows[dup], "exact_dedup", "exact_duplicate", "same normalized text", rows[chosen[dup]]
     )
     summary["exact_duplicates"] = len(dup)
 
 
 def _near_dedup(cfg: DataConfig, table: Table, summary: dict, stats: Stats) -> None:
-    from lmforge.data.dedup.clusters import cluster_size_histogram, components
+    """Keep one document per cluster (clusters.representatives says which)."""
+    from lmforge.data.dedup.clusters import cluster_size_histogram, components, representatives
     from lmforge.data.dedup.minhash import candidate_probability
 
     rows = np.flatnonzero(table.alive)
     i, j = near_pairs(cfg, table, rows)
     roots = components(len(table), i, j)
-    dup = rows[roots[rows] != rows]
+    chosen = representatives(roots[rows], table.kept[rows])
+    dup = np.flatnonzero(chosen != np.arange(len(rows)))
     detail = f"Jaccard >= {cfg.dedup.threshold:g}"
-    table.drop(dup, "near_dedup", "near_duplicate", detail, roots[dup])
+    table.drop(rows[dup], "near_dedup", "near_duplicate", detail, rows[chosen[dup]])
     clusters = cluster_size_histogram(roots[rows])
     bands, rows_per_band = resolve_bands(cfg)
     p_at_threshold = candidate_probability(cfg.dedup.threshold, bands, rows_per_band)

@@ -24,7 +24,7 @@ from lmforge.data.executor import LocalExecutor
 from lmforge.data.plan import Shard, plan_shards
 from lmforge.data.process import ShardTask, features_for, process_shard
 from lmforge.data.stats import Stats
-from lmforge.data.write import WriteTask, write_shard
+from lmforge.data.write import WriteTask, check_accounting, write_shard
 from lmforge.errors import UserError
 from lmforge.io import atomic_write_json, read_json, sha256_json
 from lmforge.outputs import remove_outputs
@@ -146,6 +146,7 @@ def prepare(cfg: DataConfig, out_dir: Path, resume: bool = False) -> dict[str, A
     for part in write_stats:
         stats.merge(Stats.from_json(part))
     result = summarize(stats, summary, cfg, shards, total)
+    check_accounting(result)
     atomic_write_json(out_dir / "stats.json", result)
     from lmforge.data.report import print_funnel, write_report
 

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from lmforge.data import layout
 from lmforge.data.config import DataConfig
 from lmforge.data.plan import Shard
-from lmforge.data.process import needs_signatures, resolve_bands
+from lmforge.data.process import VIEWS, needs_kept_share, needs_signatures, resolve_bands
 
 
 class ShardedRows:
@@ -78,6 +78,7 @@ class Table:
     perplexity: np.ndarray
     offsets: np.ndarray  # first global row of each shard
     exact: np.ndarray | None = None
+    kept: np.ndarray | None = None  # percent of its dedup view each text kept (process.py)
     bands: np.ndarray | None = None
     sigs: ShardedRows | None = None
     alive: np.ndarray = field(init=False)
@@ -138,12 +139,15 @@ def load_table(cfg: DataConfig, shards: list[Shard], work: Path, counts: list[in
         parts = [np.load(p) for p, n in zip(paths, counts, strict=True) if n]
         return _cat(parts, np.uint64, width=width)
 
+    if needs_kept_share(cfg):
+        paths = [layout.work_file(work, "kept", s.index, ".npy") for s in shards]
+        table.kept = _cat([np.load(p) for p, n in zip(paths, counts, strict=True) if n], np.uint8)
     if "exact_dedup" in cfg.steps:
-        table.exact = features("exact", 2)
+        table.exact = features("exact", 2 * VIEWS)
     if needs_signatures(cfg):
-        table.bands = features("bands", resolve_bands(cfg)[0])
+        table.bands = features("bands", VIEWS * resolve_bands(cfg)[0])
         sig_paths = [layout.work_file(work, "sig", s.index, ".npy") for s in shards]
-        table.sigs = ShardedRows(sig_paths, counts, cfg.dedup.num_perm, np.uint32)
+        table.sigs = ShardedRows(sig_paths, counts, VIEWS * cfg.dedup.num_perm, np.uint32)
     return table
 
 
@@ -154,13 +158,14 @@ def _cat(parts: list[np.ndarray], dtype: Any, width: int | None = None) -> np.nd
 
 
 def near_pairs(cfg: DataConfig, table: Table, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Verified near-duplicate pairs among `rows`, as global row numbers."""
+    """Verified near-duplicate pairs among `rows`, as global row numbers: a text of one, before
+    or after the line edits (process.VIEWS), is similar to a text of the other."""
     from lmforge.data.dedup.clusters import candidate_pairs, verified_pairs
 
-    i, j = candidate_pairs(table.bands[rows])
+    i, j = candidate_pairs(table.bands[rows], VIEWS)
     i, j = rows[i], rows[j]
     if cfg.dedup.verify:
-        i, j = verified_pairs(i, j, table.sigs, verification_threshold(cfg))
+        i, j = verified_pairs(i, j, table.sigs, verification_threshold(cfg), VIEWS)
     return i, j
 
 

@@ -11,13 +11,8 @@ from __future__ import annotations
 import re
 import string
 
-# Scripts written without spaces: Han (CJK Unified Ideographs, Ext A, compatibility, Ext B-G),
-# Hiragana, Katakana (+ phonetic extensions, half-width), and the marks 々 and 〇.
-CJK_RANGES = (
-    "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u309f\u30a0-\u30ff\u31f0-\u31ff"
-    "\uff66-\uff9f\u3005\u3007\U00020000-\U0003134f"
-)
-CJK_CHAR_RE = re.compile(f"[{CJK_RANGES}]")
+from lmforge.text.cjk import CJK_CHAR_RE, CJK_RANGES, has_cjk
+
 _CJK_OR_SPACED_TOKEN_RE = re.compile(f"[{CJK_RANGES}]|[^\\s{CJK_RANGES}]+")
 
 # Punctuation stripped from both ends of a token: ASCII, general Unicode and CJK (full-width).
@@ -105,10 +100,6 @@ JA_STOP_WORDS = frozenset(
         "として",
     }
 )
-
-
-def has_cjk(text: str) -> bool:
-    return not text.isascii() and CJK_CHAR_RE.search(text) is not None
 
 
 def count_cjk(text: str) -> int:

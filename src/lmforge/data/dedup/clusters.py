@@ -1,4 +1,5 @@
-"""From LSH band keys to duplicate clusters: candidate pairs, verification, components.
+"""From LSH band keys to duplicate clusters: candidate pairs, verification, components, and
+which member of each cluster is kept.
 
 Candidates come from sorting each band's keys (no hash table, no Python loop per bucket).
 A bucket of k documents yields all k(k-1)/2 pairs while k <= FULL_BUCKET, and otherwise
@@ -19,16 +20,22 @@ from scipy.sparse.csgraph import connected_components
 FULL_BUCKET = 16
 ANCHORS = 4
 VERIFY_CHUNK = 65536
+KEEP_SHARE = 0.75
 
 
-def candidate_pairs(band_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Documents that share a key in any band, as int64 arrays (i, j) with i < j, unique."""
-    band_keys = np.asarray(band_keys)
-    n = band_keys.shape[0]
+def candidate_pairs(band_keys: np.ndarray, views: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Documents that share a key in any band, as int64 arrays (i, j) with i < j, unique.
+
+    A row may hold `views` sets of band keys side by side (a document before and after the
+    line edits); two documents are candidates when any view of one shares a key with any
+    view of the other. A view equal to the document's first is left out.
+    """
+    keys_of_view, owner = split_views(np.asarray(band_keys), views)
+    n = len(keys_of_view)
     edges = []
-    for band in range(band_keys.shape[1]):
-        order = np.argsort(band_keys[:, band], kind="stable")  # members in index order
-        keys = band_keys[order, band]
+    for band in range(keys_of_view.shape[1]):
+        order = np.argsort(keys_of_view[:, band], kind="stable")  # members in index order
+        keys = keys_of_view[order, band]
         starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
         sizes = np.diff(np.r_[starts, n])
         shared = sizes >= 2
@@ -36,10 +43,24 @@ def candidate_pairs(band_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if not edges:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty.copy()
-    i = np.concatenate([e[0] for e in edges])
-    j = np.concatenate([e[1] for e in edges])
-    pair_codes = np.unique(i * np.int64(n) + j)
-    return pair_codes // n, pair_codes % n
+    i = owner[np.concatenate([e[0] for e in edges])]
+    j = owner[np.concatenate([e[1] for e in edges])]
+    other = i != j  # two views of one document
+    n_docs = np.int64(len(band_keys))
+    pair_codes = np.unique(i[other] * n_docs + j[other])
+    return pair_codes // n_docs, pair_codes % n_docs
+
+
+def split_views(features: np.ndarray, views: int) -> tuple[np.ndarray, np.ndarray]:
+    """One row per distinct view: (n, views * width) -> (rows, width) and the document of
+    each row, in document order (a view equal to its document's first is left out)."""
+    n = len(features)
+    rows = features.reshape(n * views, -1)
+    owner = np.repeat(np.arange(n, dtype=np.int64), views)
+    distinct = np.ones(n * views, dtype=bool)
+    for view in range(1, views):
+        distinct[view::views] = np.any(rows[view::views] != rows[0::views], axis=1)
+    return rows[distinct], owner[distinct]
 
 
 def _bucket_edges(
@@ -63,28 +84,35 @@ def _bucket_edges(
     return edges
 
 
-def pair_similarity(i: np.ndarray, j: np.ndarray, signatures: Any) -> np.ndarray:
+def pair_similarity(i: np.ndarray, j: np.ndarray, signatures: Any, views: int = 1) -> np.ndarray:
     """Signature agreement of each pair (an estimate of their Jaccard similarity), float32.
 
     `signatures` is an array or anything where `signatures[rows]` returns those rows (such
     as memory-mapped per-shard files); rows are fetched in sorted chunks, each row once.
+    A row may hold `views` signatures side by side (a document before and after the line
+    edits); a pair's similarity is then that of its most similar two views, one of each.
     """
     i, j = np.asarray(i, np.int64), np.asarray(j, np.int64)
     similarity = np.empty(len(i), dtype=np.float32)
-    for begin in range(0, len(i), VERIFY_CHUNK):
-        left, right = i[begin : begin + VERIFY_CHUNK], j[begin : begin + VERIFY_CHUNK]
+    chunk = VERIFY_CHUNK // views**2  # the same memory whatever the number of views
+    for begin in range(0, len(i), chunk):
+        left, right = i[begin : begin + chunk], j[begin : begin + chunk]
         rows, where = np.unique(np.concatenate([left, right]), return_inverse=True)
         fetched = np.asarray(signatures[rows])
-        agree = fetched[where[: len(left)]] == fetched[where[len(left) :]]
-        similarity[begin : begin + len(left)] = agree.mean(axis=1)
+        m = len(left)
+        mine = fetched[where[:m]].reshape(m, views, 1, -1)
+        theirs = fetched[where[m:]].reshape(m, 1, views, -1)
+        by_views = (mine == theirs).mean(axis=3)
+        similarity[begin : begin + m] = by_views.reshape(m, -1).max(axis=1)
     return similarity
 
 
 def verified_pairs(
-    i: np.ndarray, j: np.ndarray, signatures: Any, threshold: float
+    i: np.ndarray, j: np.ndarray, signatures: Any, threshold: float, views: int = 1
 ) -> tuple[np.ndarray, np.ndarray]:
     """Keep the pairs whose signature agreement reaches the Jaccard threshold."""
-    keep = pair_similarity(i, j, signatures) >= np.float32(threshold) - np.float32(1e-6)
+    similarity = pair_similarity(i, j, signatures, views)
+    keep = similarity >= np.float32(threshold) - np.float32(1e-6)
     return np.asarray(i)[keep], np.asarray(j)[keep]
 
 
@@ -98,6 +126,33 @@ def components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     root_of_label = np.empty(labels_seen.max() + 1, dtype=np.int64)
     root_of_label[labels_seen] = first_index
     return root_of_label[labels]
+
+
+def representatives(groups: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """For each member, the index of the member its group keeps.
+
+    `groups` labels each member's group (its cluster root, its exact key's first occurrence),
+    members in input order; `kept` is how much of its dedup view each member's filtered text
+    kept (percent). The kept member is the earliest of those that kept at least KEEP_SHARE
+    of what the least-cut member kept: a copy whose layout made the line rules cut most of
+    it (a hard-wrapped page keeps ~10-40%) is not kept when a whole copy exists, while
+    copies cut alike (boilerplate lines removed: ~90-100%) keep input order.
+    """
+    groups = np.unique(np.asarray(groups), return_inverse=True)[1].ravel()
+    n = len(groups)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    kept = np.asarray(kept, dtype=np.float64)
+    best = np.zeros(int(groups.max()) + 1)
+    np.maximum.at(best, groups, kept)
+    eligible = kept >= KEEP_SHARE * best[groups]
+    order = np.lexsort((np.arange(n), ~eligible, groups))  # the kept member first in its group
+    sorted_groups = groups[order]
+    first = np.ones(n, dtype=bool)
+    first[1:] = sorted_groups[1:] != sorted_groups[:-1]
+    chosen = np.empty(n, dtype=np.int64)
+    chosen[order] = order[first][np.cumsum(first) - 1]
+    return chosen
 
 
 def cluster_size_histogram(roots: np.ndarray) -> dict[int, int]:
