@@ -302,7 +302,8 @@ def test_a_decode_pass_that_raises_fails_its_rows_and_the_core_goes_on(served) -
 @pytest.fixture(scope="module")
 def server(model_dir: Path, one_thread):  # noqa: F811
     cfg = ServeConfig(models=[{"name": "tiny", "path": model_dir}],
-                      engine={"max_batch": 24, "threads": 1})
+                      engine={"max_batch": 24, "threads": 1},
+                      audit={"path": model_dir.parent / "audit.sqlite"})
     app = build_app(cfg)
     thread = ServerThread(app)
     yield thread.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -11,6 +12,8 @@ import httpx
 import openai
 import pytest
 
+from lmforge.serve import admin as admin_module
+from lmforge.serve import audit as audit_module
 from lmforge.serve.app import build_app
 from lmforge.serve.config import ServeConfig
 from test_serve_support import DIALOGUES, ServerThread, make_model_dir, one_thread  # noqa: F401
@@ -210,3 +213,129 @@ def test_health_ready_and_metrics(server, client) -> None:
                  'lmforge_request_latency_recent_seconds{quantile="0.99",route="/v1/completions"}',
                  'lmforge_time_to_first_token_recent_seconds{model="tiny",quantile="0.5"'):
         assert name in text
+
+
+def post_raw(url: str, body: bytes) -> httpx.Response:
+    """POST a JSON body as written: httpx's json= cannot send a lone surrogate."""
+    return httpx.post(url, content=body, headers={"content-type": "application/json"})
+
+
+LONE_SURROGATES = [  # (route, body, the field the 400 names); JSON carries each of them
+    ("/v1/chat/completions", b'{"model": "tiny", "messages": [{"role": "user", '
+     b'"content": "hi \\ud800 there"}], "max_tokens": 3}', "messages"),
+    ("/v1/chat/completions", b'{"model": "tiny", "messages": [{"role": "user", "content": '
+     b'[{"type": "text", "text": "\\udfff\\u0000"}]}]}', "messages"),
+    ("/v1/completions", b'{"model": "tiny", "prompt": ["fine", "\\udc00\\ud800"]}', "prompt"),
+    ("/v1/completions", b'{"model": "x\\ud800", "prompt": "y"}', "model"),
+    ("/v1/completions", b'{"model": "tiny", "prompt": "y", "user": "\\ud83d"}', "user"),
+]
+
+
+def test_lone_surrogates_are_a_400_audited_as_sent_and_the_log_keeps_working(server) -> None:
+    url = server[0]
+    for route, body, param in LONE_SURROGATES:
+        answer = post_raw(url + route, body)
+        assert answer.status_code == 400 and answer.json()["error"]["param"] == param, body
+    after = httpx.post(url + "/v1/completions", json={"model": "tiny", "prompt": "after",
+                                                      "max_tokens": 2})
+    assert after.status_code == 200
+    listed = httpx.get(url + "/admin/audit", params={"limit": 6}).json()
+    assert listed["complete"] is True
+    last, *hostile = listed["data"]
+    assert last["prompt"] == "after" and [r["status"] for r in hostile] == [400] * 5
+    chat, parts, prompts = hostile[::-1][:3]
+    assert json.loads(chat["prompt"]) == [{"role": "user", "content": "hi \ud800 there"}]
+    assert json.loads(parts["prompt"]) == [{"role": "user", "content": "\udfff\x00"}]
+    assert json.loads(prompts["prompt"]) == ["fine", "\udc00\ud800"]
+    assert chat["altered"] == parts["altered"] == prompts["altered"] == {"prompt": ["escaped"]}
+    assert httpx.get(url + "/ready").status_code == 200
+
+
+def test_a_chunked_body_over_the_limit_is_413(server) -> None:
+    url = server[0]
+
+    def pieces():  # no Content-Length: sent chunked, 5000 bytes against a 4096 limit
+        yield b'{"model": "tiny", "prompt": "'
+        for _ in range(5):
+            yield b"x" * 1000
+        yield b'"}'
+
+    big = httpx.post(url + "/v1/completions", content=pieces(),
+                     headers={"content-type": "application/json"})
+    assert big.status_code == 413 and big.json()["error"]["code"] == "request_too_large"
+
+    def small():
+        yield b'{"model": "tiny", "prompt": "the", '
+        yield b'"max_tokens": 2}'
+
+    fine = httpx.post(url + "/v1/completions", content=small(),
+                      headers={"content-type": "application/json"})
+    assert fine.status_code == 200 and fine.json()["usage"]["completion_tokens"] == 2
+
+
+@pytest.mark.parametrize("method,path,body,param", [
+    ("GET", "/admin/audit?status=99999999999999999999999", None, "status"),
+    ("GET", "/admin/audit?status=-9223372036854775809", None, "status"),
+    ("GET", "/admin/audit?limit=99999999999999999999999", None, "limit"),
+    ("POST", "/admin/keys", {"role": "user", "requests_per_minute": 2**64}, "requests_per_minute"),
+    ("POST", "/admin/keys", {"role": "user", "tokens_per_minute": 10**30}, "tokens_per_minute"),
+])
+def test_integers_beyond_int64_in_admin_inputs_are_400(server, method, path, body,
+                                                       param) -> None:
+    answer = httpx.request(method, server[0] + path, json=body)
+    assert answer.status_code == 400 and answer.json()["error"]["param"] == param
+
+
+def test_openapi_lists_the_real_status_codes(server) -> None:
+    spec = httpx.get(server[0] + "/openapi.json").json()
+    for path in ("/v1/completions", "/v1/chat/completions"):
+        codes = set(spec["paths"][path]["post"]["responses"])
+        assert codes == {"200", "400", "401", "403", "404", "413", "429", "500", "503"}
+    assert set(spec["paths"]["/admin/keys"]["post"]["responses"]) == {
+        "200", "400", "401", "403", "404", "413", "429"}
+    assert "503" in spec["paths"]["/ready"]["get"]["responses"]
+    metrics = spec["paths"]["/metrics"]["get"]["responses"]["200"]
+    assert list(metrics["content"]) == ["text/plain"]
+    assert not any("422" in op["responses"] for ops in spec["paths"].values()
+                   for op in ops.values())
+    error = spec["components"]["schemas"]["ErrorDetail"]["properties"]
+    assert set(error) == {"message", "type", "param", "code"}
+
+
+def test_ready_is_503_while_the_audit_log_cannot_write(server, monkeypatch) -> None:
+    url, app = server
+    monkeypatch.setattr(admin_module, "AUDIT_FLUSH_S", 1.0)  # how long /admin/audit waits for rows
+    monkeypatch.setattr(audit_module, "MAX_PAUSE_S", 0.5)  # the longest pause between retries
+    log = app.state.lmforge.audit
+    assert log.flush()
+    before = log.count()
+    other = sqlite3.connect(log.path)
+    other.execute("CREATE TRIGGER refuse BEFORE INSERT ON requests "
+                  "BEGIN SELECT RAISE(ABORT, 'disk full, say'); END")  # reads still work
+    other.commit()
+    try:
+        for i in range(3):
+            httpx.get(url + f"/admin/variants?n={i}")
+        deadline = time.monotonic() + 10
+        while httpx.get(url + "/ready").status_code == 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        ready = httpx.get(url + "/ready")
+        assert ready.status_code == 503 and ready.json()["reason"] == "the audit log cannot write"
+        text = httpx.get(url + "/metrics").text
+        assert "lmforge_audit_write_failures_total " in text
+        assert "lmforge_audit_rows_lost_total 0.0" in text
+        started = time.monotonic()
+        listed = httpx.get(url + "/admin/audit", timeout=30)
+        assert listed.json()["complete"] is False and time.monotonic() - started < 5
+        other.execute("ALTER TABLE requests RENAME TO away")  # now reads fail too
+        other.commit()
+        unreadable = httpx.get(url + "/admin/audit", timeout=30)
+        assert unreadable.status_code == 503
+        assert unreadable.json()["error"]["code"] == "audit_unavailable"
+        other.execute("ALTER TABLE away RENAME TO requests")
+    finally:
+        other.execute("DROP TRIGGER IF EXISTS refuse")
+        other.commit()
+    assert log.flush(20)
+    assert httpx.get(url + "/ready").status_code == 200
+    assert log.count() == before + 5  # the 3 variant listings and 2 audit queries, kept

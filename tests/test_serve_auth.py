@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -61,6 +63,8 @@ def secured(tmp_path_factory, one_thread):  # noqa: F811
     keys = {role: store.create(role, role)[1] for role in ("user", "developer", "admin")}
     keys["limited"] = store.create("developer", "limited", requests_per_minute=2)[1]
     keys["thrifty"] = store.create("developer", "thrifty", tokens_per_minute=20)[1]
+    keys["metered"] = store.create("developer", "metered", tokens_per_minute=200)[1]
+    keys["refunded"] = store.create("developer", "refunded", tokens_per_minute=100)[1]
     store.close()
     cfg = ServeConfig(models=[{"name": "tiny", "path": model}], auth_db=db,
                       engine={"threads": 1})
@@ -126,12 +130,60 @@ def test_rate_limits_answer_429_with_retry_after(secured) -> None:
         client.models.list()
     assert 1 <= int(e.value.response.headers["retry-after"]) <= 30
     thrifty = {"Authorization": f"Bearer {keys['thrifty']}"}
-    first = httpx.post(url + "/v1/completions", headers=thrifty,
-                       json={**COMPLETION, "max_tokens": 30, "ignore_eos": True})
-    assert first.status_code == 200  # 3 + 30 tokens: the bucket of 20 is now overdrawn
-    second = httpx.post(url + "/v1/completions", headers=thrifty, json=COMPLETION)
+    never = httpx.post(url + "/v1/completions", headers=thrifty,
+                       json={**COMPLETION, "max_tokens": 30})  # 3 + 30 > 20 a minute
+    assert never.status_code == 400
+    assert never.json()["error"]["code"] == "tokens_per_minute_exceeded"
+    fits = {**COMPLETION, "max_tokens": 10, "ignore_eos": True}  # 13 tokens reserved
+    assert httpx.post(url + "/v1/completions", headers=thrifty, json=fits).status_code == 200
+    second = httpx.post(url + "/v1/completions", headers=thrifty, json=fits)  # 7 left
     assert second.status_code == 429 and second.json()["error"]["type"] == "rate_limit_error"
     assert "tokens per minute" in second.json()["error"]["message"]
+    assert 1 <= int(second.headers["retry-after"]) <= 30
+
+
+def test_concurrent_requests_cannot_overrun_tokens_per_minute(secured) -> None:
+    """Each request reserves its prompt plus max_tokens before it starts, so 24 at once
+    against 200 tokens a minute admit 8 (8 x 23 = 184), not all 24 (552)."""
+    url, keys, _ = secured
+    metered = {"Authorization": f"Bearer {keys['metered']}"}
+    body = {**COMPLETION, "max_tokens": 20, "ignore_eos": True}
+    answers: list[httpx.Response] = []
+
+    def send() -> None:
+        answers.append(httpx.post(url + "/v1/completions", headers=metered, json=body,
+                                  timeout=60))
+
+    threads = [threading.Thread(target=send) for _ in range(24)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    refilled = 200 * (time.monotonic() - started) / 60  # the bucket refills as they run
+    served = [a for a in answers if a.status_code == 200]
+    used = sum(a.json()["usage"]["total_tokens"] for a in served)
+    assert {a.status_code for a in answers} == {200, 429}
+    assert all(a.json()["usage"]["total_tokens"] == 23 for a in served)
+    assert len(served) >= 8 and used <= 200 + refilled
+
+
+def test_unused_reserved_tokens_come_back_when_a_stream_is_dropped(secured) -> None:
+    url, keys, _ = secured
+    refunded = {"Authorization": f"Bearer {keys['refunded']}"}
+    body = {**COMPLETION, "max_tokens": 90, "ignore_eos": True, "stream": True}  # 93 of 100
+    with httpx.stream("POST", url + "/v1/completions", headers=refunded,
+                      json=body) as response:
+        assert response.status_code == 200
+        next(line for line in response.iter_lines() if line.startswith("data: "))
+    deadline = time.monotonic() + 10  # a refill alone brings back 17 tokens in 10 s
+    while True:
+        again = httpx.post(url + "/v1/completions", headers=refunded,
+                           json={**body, "stream": False})
+        if again.status_code != 429 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert again.status_code == 200 and again.json()["usage"]["completion_tokens"] == 90
 
 
 def test_token_bucket_refills_over_time() -> None:
@@ -144,7 +196,17 @@ def test_token_bucket_refills_over_time() -> None:
     assert e.value.retry_after == pytest.approx(20.0)
     now[0] = 20.0
     limiter.admit("k", 3, None)  # one request's worth came back
-    limiter.charge("t", 600, 900)
+    limiter.reserve("t", 600, 600)  # a whole minute's tokens
     with pytest.raises(RateLimited) as e:
-        limiter.admit("t", None, 600)
-    assert e.value.retry_after == pytest.approx(30.1)
+        limiter.reserve("t", 600, 100)
+    assert e.value.retry_after == pytest.approx(10.0)
+    limiter.refund("t", 600, 450)  # the request used 150 of them
+    limiter.reserve("t", 600, 450)
+    with pytest.raises(RateLimited):
+        limiter.reserve("t", 600, 1)
+    now[0] = 21.0
+    limiter.reserve("t", 600, 10)  # 10 tokens a second come back
+    limiter.refund("t", 600, 10_000)
+    limiter.reserve("t", 600, 600)  # a refund never fills past the minute's allowance
+    with pytest.raises(RateLimited):
+        limiter.reserve("t", 600, 1)

@@ -27,7 +27,7 @@ from lmforge.serve.auth import KeyStore
 from lmforge.serve.chat import LocalChat, RemoteChat, chat_loop
 from lmforge.serve.config import ServeConfig
 from lmforge.serve.engine import visible_device
-from lmforge.serve.server import default_model_name
+from lmforge.serve.server import default_model_name, exposure_warning
 from test_serve_support import DIALOGUES, ServerThread, make_model_dir, one_thread  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -207,3 +207,26 @@ def test_chat_against_a_server(model_dir: Path, tmp_path: Path) -> None:
     assert f"assistant> {DIALOGUES['hello']}\n" in text
     assert f"assistant> {DIALOGUES['what is 2+2']}\n" in text
     assert len([p for p in printed if p not in ("assistant> ", "\n")]) > 4  # it streamed
+
+
+def test_a_public_host_without_auth_prints_a_warning(tmp_path: Path, capsys) -> None:
+    assert main(["serve", str(tmp_path / "nothing-here"), "--host", "0.0.0.0"]) == 2
+    err = capsys.readouterr().err
+    assert "warning: serving on 0.0.0.0 without --auth" in err and "does not exist" in err
+    for host, auth, warned in (("0.0.0.0", None, True), ("::", None, True),
+                               ("example.org", None, True), ("10.0.0.5", "k.sqlite", False),
+                               ("127.0.0.1", None, False), ("127.5.0.1", None, False),
+                               ("::1", None, False), ("localhost", None, False)):
+        cfg = ServeConfig(host=host, auth_db=auth)
+        assert (exposure_warning(cfg) is not None) == warned, host
+
+
+def test_keys_cli_refuses_limits_sqlite_cannot_store(tmp_path: Path, capsys) -> None:
+    db = str(tmp_path / "keys.sqlite")
+    for flag in ("--rpm", "--tpm"):
+        assert main(["keys", "create", "--db", db, "--role", "user", flag, str(2**63)]) == 2
+        assert f"{flag} must be between 1 and {2**63 - 1}" in capsys.readouterr().err
+    store = KeyStore(Path(db))
+    with pytest.raises(UserError, match="requests per minute must be between"):
+        store.create("user", requests_per_minute=10**20)
+    store.close()

@@ -70,9 +70,11 @@ def test_streamed_redaction_equals_whole_text_redaction(tmp_path: Path, piece: i
 
 
 def test_streamed_redaction_releases_ordinary_words_at_once() -> None:
+    # "e" may begin an IPv6 address ("e::1") whose pattern looks one character past a
+    # barrier, so it waits for the character after the comma.
     stream = OutputFilter(OutputFilterConfig()).stream()
     assert [stream.push(c) for c in "hi there, call 4"] == \
-        ["", "", "hi ", "", "", "", "", "", "there,", " ", "", "", "", "", "call ", ""]
+        ["", "", "hi ", "", "", "", "", "", "ther", "e, ", "", "", "", "", "call ", ""]
     unfiltered = OutputFilter(OutputFilterConfig(pii=[])).stream()
     assert unfiltered.push("bob@example.com") == "bob@example.com"
 

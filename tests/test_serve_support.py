@@ -19,6 +19,9 @@ import torch
 from lmforge.model.config import ModelConfig
 from lmforge.model.files import save_model_dir
 from lmforge.model.llama import Transformer
+from lmforge.serve.config import ServeConfig
+from lmforge.serve.metrics import Metrics
+from lmforge.serve.server import uvicorn_config
 from lmforge.tokenizer.config import TokenizerConfig
 from lmforge.tokenizer.train import save_tokenizer, train_char
 
@@ -80,13 +83,18 @@ def train_tiny(tokenizer, steps: int, seed: int, lr: float = 1e-2) -> Transforme
 
 
 class ServerThread:
-    """uvicorn serving an app on a free port in a thread; `stop()` shuts it down."""
+    """uvicorn serving an app on a free port in a thread, configured as `lmforge serve`
+    configures it (from the app's serve config and metrics, or `cfg` and `metrics` for an
+    app without them); `stop()` shuts it down."""
 
-    def __init__(self, app) -> None:
+    def __init__(self, app, cfg: ServeConfig | None = None, metrics: Metrics | None = None,
+                 ) -> None:
         import uvicorn
 
-        self.config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
-                                     timeout_graceful_shutdown=10)
+        if cfg is None:
+            cfg, metrics = app.state.lmforge.cfg, app.state.lmforge.metrics
+        cfg = cfg.model_copy(update={"host": "127.0.0.1", "port": 0, "shutdown_timeout_s": 10})
+        self.config = uvicorn_config(app, cfg, metrics, log_level="warning")
         self.server = uvicorn.Server(self.config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -6,34 +6,44 @@
     POST   /admin/models/{name}/reload reload the model's variants from disk
     GET    /admin/variants             per-variant load state, health and queue
     GET    /admin/audit?key_id=&route=&status=&since=&limit=&table=requests|shadow
+
+Numbers are checked against what SQLite can store, so a huge one is a 400, not a 500.
+/admin/audit waits a bounded time for queued rows to be written; `complete: false` in its
+answer says some were still waiting (the audit log is failing or very busy), and a 503 says
+the log cannot be read at all.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from lmforge.errors import UserError
-from lmforge.serve.errors import APIError
+from lmforge.serve.auth import MAX_RATE
+from lmforge.serve.errors import APIError, responses
 
 if TYPE_CHECKING:
     from lmforge.serve.app import ServerState
+
+AUDIT_FLUSH_S = 5.0  # longest /admin/audit waits for queued rows
 
 
 class NewKey(BaseModel):
     model_config = ConfigDict(extra="forbid")
     role: Literal["user", "developer", "admin"]
     name: str | None = Field(None, max_length=200)
-    requests_per_minute: int | None = Field(None, ge=1)
-    tokens_per_minute: int | None = Field(None, ge=1)
+    requests_per_minute: int | None = Field(None, ge=1, le=MAX_RATE)
+    tokens_per_minute: int | None = Field(None, ge=1, le=MAX_RATE)
 
 
 def admin_router(state: ServerState, authorize: Callable) -> APIRouter:
-    router = APIRouter(prefix="/admin", dependencies=[Depends(authorize("admin"))])
+    router = APIRouter(prefix="/admin", dependencies=[Depends(authorize("admin"))],
+                       responses=responses(400, 401, 403, 404, 413, 429))
 
     def key_store():
         if state.keys is None:
@@ -72,20 +82,25 @@ def admin_router(state: ServerState, authorize: Callable) -> APIRouter:
     async def variants() -> dict:
         return {"object": "list", "data": [g.state() for g in state.registry.groups.values()]}
 
-    @router.get("/audit")
+    @router.get("/audit", responses=responses(503))
     async def audit(key_id: str | None = None, route: str | None = None,
-                    status: int | None = None, since: float | None = None,
-                    limit: int = 100, table: Literal["requests", "shadow"] = "requests") -> dict:
+                    status: Annotated[int | None, Query(ge=100, le=599)] = None,
+                    since: float | None = None, limit: int = 100,
+                    table: Literal["requests", "shadow"] = "requests") -> dict:
         if state.audit is None:
             raise APIError(400, "the audit log is off (serve.audit.enabled: false)",
                            "audit_disabled")
         if not 1 <= limit <= 1000:
             raise APIError(400, "limit must be between 1 and 1000", "invalid_value", "limit")
-        await asyncio.to_thread(state.audit.flush)
+        complete = await asyncio.to_thread(state.audit.flush, AUDIT_FLUSH_S)
         filters = {"since": since}
         if table == "requests":
             filters.update(key_id=key_id, route=route, status=status)
-        rows = await asyncio.to_thread(state.audit.query, table, limit, **filters)
-        return {"object": "list", "data": rows}
+        try:
+            rows = await asyncio.to_thread(state.audit.query, table, limit, **filters)
+        except sqlite3.Error as e:
+            raise APIError(503, f"the audit log cannot be read ({e}); see the server log",
+                           "audit_unavailable", retry_after=5) from None
+        return {"object": "list", "data": rows, "complete": complete}
 
     return router

@@ -4,7 +4,9 @@
 
 `build_app` loads every model before it returns (so a bad path fails before the port is
 opened). Shutdown (uvicorn's, after in-flight requests finished) drains mirrored shadow
-requests, stops the engines and closes the audit log with every row written.
+requests, stops the engines and closes the audit log with every row written. /ready answers
+503 while the server drains, a model is not loaded or the audit log cannot write. The
+OpenAPI document (/openapi.json) lists each route's error statuses in the OpenAI shape.
 """
 
 from __future__ import annotations
@@ -16,18 +18,18 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from lmforge.serve import errors
 from lmforge.serve import openai_schema as api
 from lmforge.serve.audit import AuditLog
 from lmforge.serve.auth import ApiKey, KeyStore
 from lmforge.serve.config import ServeConfig
-from lmforge.serve.errors import APIError
+from lmforge.serve.errors import APIError, SafeJSONResponse, responses
 from lmforge.serve.generation import Generation
 from lmforge.serve.metrics import Metrics
 from lmforge.serve.middleware import Accounting, AuditRecord
-from lmforge.serve.ratelimit import RateLimited, RateLimiter
+from lmforge.serve.ratelimit import RateLimited, RateLimiter, TokenBudget
 from lmforge.serve.variants import Registry
 
 
@@ -54,7 +56,7 @@ def build_app(cfg: ServeConfig) -> FastAPI:
     registry = Registry(cfg.models, cfg.engine, cfg.fallback, metrics)
     registry.load()
     keys = KeyStore(cfg.auth_db) if cfg.auth_db is not None else None
-    audit = AuditLog(cfg.audit_path(), cfg.audit.retention_days) if cfg.audit.enabled else None
+    audit = _audit_log(cfg, metrics) if cfg.audit.enabled else None
     state = ServerState(cfg, metrics, registry, keys, audit, RateLimiter(),
                         Generation(cfg, registry, metrics, audit))
 
@@ -65,11 +67,12 @@ def build_app(cfg: ServeConfig) -> FastAPI:
         await state.generation.drain_shadows(cfg.shutdown_timeout_s)
         await asyncio.to_thread(registry.stop, cfg.shutdown_timeout_s)
         if audit is not None:
-            await asyncio.to_thread(audit.close)
+            await asyncio.to_thread(audit.close, cfg.shutdown_timeout_s)
         if keys is not None:
             keys.close()
 
-    app = FastAPI(title="lmforge", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(title="lmforge", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  default_response_class=SafeJSONResponse)
     app.state.lmforge = state
     errors.install(app)
     app.add_middleware(Accounting, metrics=metrics, audit=audit,
@@ -79,6 +82,15 @@ def build_app(cfg: ServeConfig) -> FastAPI:
 
     app.include_router(admin_router(state, authorize))
     return app
+
+
+def _audit_log(cfg: ServeConfig, metrics: Metrics) -> AuditLog:
+    redactor = None
+    if cfg.audit.redact_prompts:
+        from lmforge.text.pii import PIIRedactor
+
+        redactor = PIIRedactor()
+    return AuditLog(cfg.audit_path(), cfg.audit.retention_days, redactor, metrics)
 
 
 def authorize(action: str):
@@ -113,12 +125,13 @@ def authorize(action: str):
         except RateLimited as e:
             raise APIError(429, str(e), "rate_limit_exceeded",
                            retry_after=e.retry_after) from None
-        request.state.charge = lambda tokens: state.limiter.charge(who, tpm, tokens)
+        request.state.budget = TokenBudget(state.limiter, who, tpm)
         return Caller(key, who)
 
     return dependency
 
 
+GENERATION_ERRORS = responses(400, 401, 403, 404, 413, 429, 500, 503)
 ModelsCaller = Annotated[Caller, Depends(authorize("models"))]
 ChatCaller = Annotated[Caller, Depends(authorize("chat"))]
 CompletionsCaller = Annotated[Caller, Depends(authorize("completions"))]
@@ -129,23 +142,26 @@ def _routes(app: FastAPI, state: ServerState) -> None:
     async def health() -> dict:
         return {"status": "ok"}
 
-    @app.get("/ready")
+    @app.get("/ready", responses=responses(503))
     async def ready() -> JSONResponse:
-        if state.draining or not state.registry.ready():
-            return JSONResponse({"status": "not ready"}, status_code=503)
+        reason = _not_ready(state)
+        if reason is not None:
+            return JSONResponse({"status": "not ready", "reason": reason}, status_code=503)
         return JSONResponse({"status": "ready", "models": list(state.registry.groups)})
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse,
+             responses={200: {"description": "Prometheus text format"},
+                        **responses(401, 403, 429)})
     async def metrics(request: Request) -> Response:
         if not state.cfg.metrics_public:
             await authorize("admin")(request)
         return Response(state.metrics.render(), media_type=state.metrics.content_type)
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses=responses(401, 403, 429))
     async def list_models(_: ModelsCaller) -> dict:
         return {"object": "list", "data": [_card(g) for g in state.registry.groups.values()]}
 
-    @app.get("/v1/models/{model:path}")
+    @app.get("/v1/models/{model:path}", responses=responses(401, 403, 404, 429))
     async def get_model(model: str, _: ModelsCaller) -> dict:
         group = state.registry.get(model)
         if group is None:
@@ -153,19 +169,29 @@ def _routes(app: FastAPI, state: ServerState) -> None:
                            "model")
         return _card(group)
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", responses=GENERATION_ERRORS)
     async def completions(body: api.CompletionRequest, request: Request,
                           caller: CompletionsCaller):
         _check_logprobs(caller, body.logprobs is not None)
         return await state.generation.handle(body, request, _user(caller, body),
-                                             request.state.charge)
+                                             request.state.budget)
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", responses=GENERATION_ERRORS)
     async def chat_completions(body: api.ChatCompletionRequest, request: Request,
                                caller: ChatCaller):
         _check_logprobs(caller, body.logprobs)
         return await state.generation.handle(body, request, _user(caller, body),
-                                             request.state.charge)
+                                             request.state.budget)
+
+
+def _not_ready(state: ServerState) -> str | None:
+    if state.draining:
+        return "shutting down"
+    if not state.registry.ready():
+        return "a model is not loaded"
+    if state.audit is not None and not state.audit.healthy:
+        return "the audit log cannot write"
+    return None
 
 
 def _card(group) -> dict:

@@ -6,7 +6,8 @@
 
 A key carries its id in clear, so a lookup is one primary-key read; only the SHA-256 of the
 whole key is stored (the random part has 256 bits, so a slow password hash adds nothing)
-and it is compared in constant time. Roles, from least to most:
+and it is compared in constant time. The file is created readable by its owner only.
+Roles, from least to most:
   user       chat completions (no logprobs) and the model list
   developer  every inference route, logprobs included
   admin      everything, plus the /admin endpoints (keys, model reload, audit queries)
@@ -24,8 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmforge.errors import UserError
+from lmforge.io import create_private
 
 ROLES = ("user", "developer", "admin")
+MAX_RATE = 2**63 - 1  # the largest per-key limit SQLite stores as an integer
 PREFIX = "lmf"
 PERMISSIONS = {
     "models": {"user", "developer", "admin"},
@@ -79,11 +82,12 @@ class KeyStore:
             raise UserError(f"cannot create key store {self.path}: {self.path.parent} "
                             "does not exist")
         try:
+            create_private(self.path)
             self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=10)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(SCHEMA)
             self._db.commit()
-        except sqlite3.DatabaseError as e:
+        except (sqlite3.DatabaseError, OSError) as e:
             raise UserError(f"{self.path} is not a usable SQLite key store ({e}); "
                             "pass another --db/--auth file") from None
         self._lock = threading.Lock()
@@ -96,6 +100,10 @@ class KeyStore:
         """A new key and its secret (the secret is not stored and cannot be shown again)."""
         if role not in ROLES:
             raise UserError(f"unknown role {role!r}; choose from {', '.join(ROLES)}")
+        for what, limit in (("requests", requests_per_minute), ("tokens", tokens_per_minute)):
+            if limit is not None and not 1 <= limit <= MAX_RATE:
+                raise UserError(f"{what} per minute must be between 1 and {MAX_RATE}, "
+                                f"got {limit}")
         key_id = secrets.token_hex(6)
         secret = f"{PREFIX}-{key_id}-{secrets.token_urlsafe(32)}"
         key = ApiKey(key_id, role, name, time.time(), None, requests_per_minute,

@@ -123,9 +123,11 @@ def _store(db: str, must_exist: bool):
 
 
 def _keys_create(args: argparse.Namespace, overrides: list[str]) -> int:
+    from lmforge.serve.auth import MAX_RATE
+
     for flag, value in (("--rpm", args.rpm), ("--tpm", args.tpm)):
-        if value is not None and value < 1:
-            raise UserError(f"{flag} must be at least 1, got {value}")
+        if value is not None and not 1 <= value <= MAX_RATE:
+            raise UserError(f"{flag} must be between 1 and {MAX_RATE}, got {value}")
     store = _store(args.db, must_exist=False)
     key, secret = store.create(args.role, args.name, args.rpm, args.tpm)
     store.close()

@@ -76,6 +76,17 @@ class LimitsConfig(Section):
     max_concurrency: int = Field(
         1024, ge=1, description="open connections before the server answers 503"
     )
+    max_connections_per_client: int | None = Field(
+        128, ge=1, description="open connections one client address may hold; more get 503 "
+        "(None: no cap, e.g. behind a proxy that is the only client)"
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="a request's headers must arrive within this time, else 408"
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="longest pause between two reads of a request body before "
+        "the connection is closed"
+    )
 
 
 class InputFilterConfig(Section):
@@ -119,6 +130,10 @@ class AuditConfig(Section):
         None, description="SQLite file (default: audit.sqlite next to auth_db, else ./)"
     )
     retention_days: int = Field(180, ge=1, description="rows older than this are deleted")
+    redact_prompts: bool = Field(
+        False, description="store prompts and outputs with personal data (every PII kind) "
+        "replaced by placeholders such as [EMAIL]"
+    )
 
 
 class VariantSpec(Section):

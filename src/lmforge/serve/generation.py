@@ -7,8 +7,8 @@ tokenizer and check them against its context (400), queue one engine request per
 through the output filter on its way out. A request that fails on a non-primary variant
 before anything was sent is run again on the primary. When the response is over (or the
 client is gone) the job closes exactly once: engine requests are aborted if still running,
-the audit record is filled in, the tokens are charged to the caller's rate limit, and a
-shadow (if any) gets a copy of the request.
+the audit record is filled in, the tokens reserved from the caller's rate limit before the
+start and not used are given back, and a shadow (if any) gets a copy of the request.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,7 @@ from lmforge.serve.engine import (
 from lmforge.serve.errors import APIError
 from lmforge.serve.metrics import Metrics
 from lmforge.serve.middleware import CLIENT_CLOSED, AuditRecord
+from lmforge.serve.ratelimit import TokenBudget
 from lmforge.serve.safety import InputFilter, OutputFilter, StreamRedactor
 from lmforge.serve.sampling import SamplingParams, TokenLogprob
 from lmforge.serve.variants import ModelGroup, Registry, Variant
@@ -46,6 +48,7 @@ from lmforge.tokenizer.chat import TemplateRenderError, render_chat
 log = logging.getLogger("lmforge.serve")
 Body = api.CompletionRequest | api.ChatCompletionRequest
 DISCONNECTED = "the client disconnected"
+LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")  # valid JSON, not a character
 
 
 @dataclass
@@ -94,7 +97,7 @@ class Job:
     group: ModelGroup
     body: Body
     record: AuditRecord
-    charge: Callable[[int], None]  # tokens used -> the caller's rate limit
+    budget: TokenBudget  # the caller's tokens per minute: reserved, then settled
     run: Run | None = None
     closed: bool = False
 
@@ -112,7 +115,7 @@ class Generation:
         self.shadow_tasks: set[asyncio.Task] = set()
 
     async def handle(self, body: Body, request: Request, user: str,
-                     charge: Callable[[int], None]) -> Any:
+                     budget: TokenBudget) -> Any:
         record: AuditRecord = request.scope["lmforge.audit"]
         record.model, record.prompt = body.model, _audit_prompt(body)
         group = self.registry.get(body.model)
@@ -121,9 +124,9 @@ class Generation:
                            "lists the served models", "model_not_found", "model")
         self._check_limits(body)
         self._check_input(body, record)
-        job = Job(group, body, record, charge)
+        job = Job(group, body, record, budget)
         record.on_close.append(lambda: self._close(job, DISCONNECTED))
-        job.run = self._start(group.pick(user), body)
+        job.run = self._start(group.pick(user), body, budget)
         if body.stream:
             await self._first_deltas(job)
             return StreamingResponse(self._events(job), media_type="text/event-stream",
@@ -167,11 +170,11 @@ class Generation:
                 text = render_chat(tok.chat_template, body.template_messages(), specials)
             except TemplateRenderError as e:
                 raise APIError(400, str(e), "invalid_messages", "messages") from None
-            return [tok.encode(text)]
+            return [_tokens(tok, text, "messages")]
         prompts, vocab = [], variant.engine.vocab
         for prompt in body.prompts():
             if isinstance(prompt, str):
-                prompts.append(tok.encode(prompt))
+                prompts.append(_tokens(tok, prompt, "prompt"))
             elif all(0 <= t < vocab for t in prompt):
                 prompts.append(list(prompt))
             else:
@@ -179,8 +182,9 @@ class Generation:
                                "invalid_value", "prompt")
         return prompts
 
-    def _start(self, variant: Variant, body: Body) -> Run:
-        """Queue every choice of the request on `variant` (all of them or none)."""
+    def _start(self, variant: Variant, body: Body, budget: TokenBudget | None = None) -> Run:
+        """Queue every choice of the request on `variant` (all of them or none), after
+        reserving the most tokens they may use from `budget`."""
         engine, limit = variant.engine, _token_limit(body)
         jobs = []
         for prompt in self._encode(variant, body):
@@ -190,14 +194,20 @@ class Generation:
                 param = "messages" if isinstance(body, api.ChatCompletionRequest) else "prompt"
                 raise APIError(400, str(e), "context_length_exceeded", param) from None
             jobs += [(ids, _params(body, max_tokens, c)) for c in range(body.n)]
+        if budget is not None:
+            budget.reserve(sum(len(ids) + params.max_tokens for ids, params in jobs))
         seqs: list[EngineRequest] = []
         loop = asyncio.get_running_loop()
         try:
             for ids, params in jobs:
                 seqs.append(engine.submit(ids, params, loop))
-        except (QueueFull, EngineStopped) as e:
+        except BaseException as e:  # none queued: the reserved tokens all go back
             for seq in seqs:
                 engine.abort(seq)
+            if budget is not None:
+                budget.settle(0)
+            if not isinstance(e, QueueFull | EngineStopped):
+                raise
             state = "overloaded" if isinstance(e, QueueFull) else "shutting down"
             raise APIError(503, f"the server is {state} ({e}); retry shortly", "overloaded",
                            retry_after=1) from None
@@ -355,7 +365,7 @@ class Generation:
                 redacted[kind] = redacted.get(kind, 0) + n
                 self.metrics.filter_events.labels("output", kind).inc(n)
         record.filters["output"] = redacted
-        job.charge(record.prompt_tokens + record.completion_tokens)
+        job.budget.settle(record.prompt_tokens + record.completion_tokens)
         failed = error is not None and error != DISCONNECTED
         run.variant.report(not failed, group.fallback)
         self.metrics.variant_requests.labels(group.name, run.variant.name,
@@ -393,6 +403,17 @@ class Generation:
         """Let mirrored requests finish (shutdown), so their rows are written too."""
         if self.shadow_tasks:
             await asyncio.wait(set(self.shadow_tasks), timeout=timeout)
+
+
+def _tokens(tok: Any, text: str, param: str) -> list[int]:
+    """`text` as token ids. A lone surrogate (JSON can carry one, no tokenizer takes it) is
+    the client's mistake: 400, with the prompt still audited."""
+    lone = LONE_SURROGATE.search(text)
+    if lone is not None:
+        raise APIError(400, f"{param} holds the lone surrogate \\u{ord(lone.group()):04x}, "
+                       "which is not a Unicode character; send well-formed text",
+                       "invalid_value", param)
+    return tok.encode(text)
 
 
 def _token_limit(body: Body) -> int | None:

@@ -9,6 +9,11 @@ lmforge_prompt_tokens_total and lmforge_prefix_cache_hit_tokens_total (their rat
 share of prompt tokens whose keys were reused).
 Routing: lmforge_variant_requests_total{model,variant,outcome}, lmforge_fallbacks_total,
 lmforge_shadow_requests_total; safety: lmforge_filter_events_total{stage,rule}.
+Audit log: lmforge_audit_write_failures_total (failed write attempts, retried),
+lmforge_audit_rows_lost_total (rows only the error log holds), lmforge_audit_rows_altered_total
+{change} (escaped, truncated, redacted, as_text), lmforge_audit_pending_rows (not yet on
+disk). Connections: lmforge_connections_closed_total{reason} (header_timeout, body_timeout,
+per_client_limit).
 P50/P99 come from the histograms in Prometheus, e.g.
 histogram_quantile(0.99, rate(lmforge_time_to_first_token_seconds_bucket[5m])), and are also
 exported ready-made over the last RECENT requests for a person reading /metrics by hand:
@@ -118,6 +123,20 @@ class Metrics:
         self.filter_events = Counter("lmforge_filter_events_total",
                                      "requests rejected (input) or redactions (output)",
                                      ["stage", "rule"], registry=r)
+        self.audit_failures = Counter("lmforge_audit_write_failures_total",
+                                      "audit write attempts that failed (and were retried)",
+                                      registry=r)
+        self.audit_lost = Counter("lmforge_audit_rows_lost_total",
+                                  "audit rows not written (logged in full as errors)",
+                                  registry=r)
+        self.audit_altered = Counter("lmforge_audit_rows_altered_total",
+                                     "audit fields stored changed, by change", ["change"],
+                                     registry=r)
+        self.audit_pending = Gauge("lmforge_audit_pending_rows",
+                                   "audit rows queued and not yet written", registry=r)
+        self.connections_closed = Counter("lmforge_connections_closed_total",
+                                          "connections the server closed on a slow or "
+                                          "greedy client", ["reason"], registry=r)
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
         self.requests.labels(route, str(status)).inc()

@@ -1,6 +1,10 @@
 """ASGI middleware: per-request accounting (metrics + audit row), the body size limit, and
 JSON as the body type whatever a client declared.
 
+The body is read here, whole, before any handler runs, so one over `max_body_bytes` is a
+413 whether it declared its length or came chunked (FastAPI turns an error raised while it
+reads a body into a 400).
+
 `Accounting` wraps every HTTP request: it hands the handlers an `AuditRecord` to fill in
 (key, model, variant, prompt, output, tokens, filter decisions) at
 `scope["lmforge.audit"]`, watches the response status, and when the response is over
@@ -88,11 +92,13 @@ class Accounting:
 
         scope["headers"] = _json_by_default(scope.get("headers", []))
         try:
-            too_large = self._declared_too_large(scope)
-            if too_large is not None:
-                await _send_error(watched_send, too_large)
-            else:
-                await self.app(scope, self._limited(receive), watched_send)
+            body, error = None, self._declared_too_large(scope)
+            if error is None:
+                body, error = await self._read_body(receive)
+            if error is not None:
+                await _send_error(watched_send, error)
+            elif body is not None:
+                await self.app(scope, _replay(body, receive), watched_send)
         finally:
             for callback in record.on_close:
                 callback()
@@ -114,20 +120,34 @@ class Accounting:
                     return APIError(400, "the Content-Length header is not a number")
         return None
 
-    def _limited(self, receive: Receive) -> Receive:
-        """Count body bytes as they arrive (a chunked body has no Content-Length)."""
-        seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
+    async def _read_body(self, receive: Receive) -> tuple[bytes | None, APIError | None]:
+        """The whole body, or the 413 for one too large; (None, None) if the client left."""
+        chunks, size = [], 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_body_bytes:
-                    raise BodyTooLarge(self.max_body_bytes)
-            return message
+            if message["type"] == "http.disconnect":
+                return None, None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                return None, BodyTooLarge(self.max_body_bytes)
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                return b"".join(chunks), None
 
-        return limited
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """The app's receive: the body read already, then the client's own (a disconnect)."""
+    given = False
+
+    async def replay() -> Message:
+        nonlocal given
+        if given:
+            return await receive()
+        given = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
 
 
 def _json_by_default(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

@@ -18,10 +18,11 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
-from lmforge.data.steps.blocklist import PLACEHOLDER, Blocklist
-from lmforge.data.steps.pii import PLACEHOLDERS, PIIRedactor
 from lmforge.errors import UserError
 from lmforge.serve.config import InputFilterConfig, OutputFilterConfig
+from lmforge.text.blocklist import PLACEHOLDER, Blocklist
+from lmforge.text.pii import PLACEHOLDERS, PIIRedactor
+from lmforge.text.settle import Earliest, Horizon, MatchShape
 
 INJECTION_PATTERNS = {
     "ignore-instructions": r"\b(?:ignore|disregard|forget|override)\b[^.\n]{0,40}?"
@@ -74,31 +75,6 @@ class InputFilter:
         return None
 
 
-PII_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._%+@()-")
-GROUP_END = frozenset("0123456789)")
-GROUP_START = frozenset("0123456789(+")
-
-
-def tail_start(text: str, extra_words: int) -> int:
-    """Where the tail that may still become part of a match begins."""
-    i = len(text)
-    while i > 0:
-        c = text[i - 1]
-        if c in PII_CHARS:
-            i -= 1
-        elif (c == " " and i >= 2 and text[i - 2] in GROUP_END
-              and (i == len(text) or text[i] in GROUP_START)):
-            i -= 1  # a space inside a number written in groups: "415 555 2671"
-        else:
-            break
-    for _ in range(extra_words):
-        while i > 0 and text[i - 1].isspace():
-            i -= 1
-        while i > 0 and not text[i - 1].isspace():
-            i -= 1
-    return i
-
-
 @dataclass(frozen=True)
 class _Span:
     start: int
@@ -107,82 +83,131 @@ class _Span:
     placeholder: str
 
 
+@dataclass(frozen=True)
+class Piece:
+    """A stretch of released output: raw[raw_start:raw_end] as sent (the raw text itself, or
+    the placeholder of the match it was part of), starting at `out_start` in the output."""
+
+    raw_start: int
+    raw_end: int
+    text: str
+    out_start: int
+    redacted: bool
+
+
 class OutputFilter:
     def __init__(self, cfg: OutputFilterConfig) -> None:
         self.pii = PIIRedactor(cfg.pii) if cfg.pii else None
-        self.blocklist = Blocklist.from_files(cfg.blocklist)
-        self.holdback = cfg.holdback_chars
-        self.phrase_words = max((len(t.split()) for t in self.blocklist.terms), default=1) - 1
+        self.blocklist = Blocklist.from_files(cfg.blocklist, "serve.safety.output.blocklist")
+        patterns = [d.pattern for d in self.pii.detectors] if self.pii else []
+        if self.blocklist:
+            patterns.append(self.blocklist.pattern)
+        self.behind = max((MatchShape.of(p).behind for p in patterns), default=0)
 
     @property
     def active(self) -> bool:
         return self.pii is not None or bool(self.blocklist)
 
-    def spans(self, text: str) -> list[_Span]:
-        """Non-overlapping matches in text order; PII first, then blocklisted terms."""
-        found = [_Span(m.start, m.end, m.kind, PLACEHOLDERS[m.kind])
-                 for m in (self.pii.find(text) if self.pii else [])]
+    def spans(self, text: str, start: int = 0) -> tuple[list[_Span], list[tuple[int, int]]]:
+        """Non-overlapping matches at or after `start` in text order (PII first, then
+        blocklisted terms), and every candidate span the rules considered."""
+        found, candidates = [], []
+        if self.pii:
+            matches, candidates = self.pii.scan(text, start)
+            found = [_Span(m.start, m.end, m.kind, PLACEHOLDERS[m.kind]) for m in matches]
         if self.blocklist:
-            for m in self.blocklist.find(text):
+            for m in self.blocklist.find(text, start):
+                candidates.append((m.start, m.end))
                 if all(m.end <= s.start or m.start >= s.end for s in found):
                     found.append(_Span(m.start, m.end, "blocklist", PLACEHOLDER))
-        return sorted(found, key=lambda s: s.start)
+        return sorted(found, key=lambda s: s.start), candidates
 
-    def stream(self) -> StreamRedactor:
-        return StreamRedactor(self)
+    def horizon(self) -> Earliest:
+        """A tracker of the settled prefix of a growing reply for every rule."""
+        horizons: list[Horizon] = [self.pii.horizon()] if self.pii else []
+        if self.blocklist:
+            horizons.append(self.blocklist.horizon())
+        return Earliest(horizons)
 
-    def redact(self, text: str) -> tuple[str, Counter[str]]:
-        redactor = self.stream()
+    def stream(self, context: str = "") -> StreamRedactor:
+        """A redactor for one reply; `context` (the prompt) is not sent, but a match that
+        begins in it is: its part in the reply becomes the placeholder."""
+        return StreamRedactor(self, context)
+
+    def redact(self, text: str, context: str = "") -> tuple[str, Counter[str]]:
+        redactor = self.stream(context)
         out = redactor.push(text) + redactor.finish()
         return out, redactor.counts
 
+    def alternative(self, raw: str, base: int, at: int, token: str) -> str | None:
+        """The placeholder that `token` would have become had it been written at raw[at]
+        instead of what was (None: it shows as it is). `base` is a settled point <= at."""
+        if not self.active:
+            return None
+        lo = max(0, base - self.behind)
+        text = raw[lo:at] + token
+        spans, _ = self.spans(text, base - lo)
+        return next((s.placeholder for s in spans if s.end > at - lo), None)
+
 
 class StreamRedactor:
-    """Redacts text that arrives in pieces; `counts` holds what was replaced, by kind."""
+    """Redacts text that arrives in pieces; `counts` holds what was replaced, by kind, and
+    `pieces` what was released, so other channels (logprobs) can follow the same text."""
 
-    def __init__(self, rules: OutputFilter) -> None:
+    def __init__(self, rules: OutputFilter, context: str = "") -> None:
         self.rules = rules
-        self.raw = ""
-        self.released = 0
+        self.raw = context
+        self.released = len(context)  # raw text before this is sent (or is context)
+        self.emitted = 0  # characters of output sent
         self.counts: Counter[str] = Counter()
+        self.pieces: list[Piece] = []
+        self.horizon = rules.horizon() if rules.active else None
+        self.scan_from = 0  # no candidate match crosses it and everything before is final
+        if self.horizon is not None and context:
+            self.scan_from = self._cut(self.horizon.advance(context))[0]
 
     def push(self, text: str) -> str:
         self.raw += text
-        if not self.rules.active:
-            return self._plain(len(self.raw))
-        cut = max(tail_start(self.raw, self.rules.phrase_words),
-                  len(self.raw) - self.rules.holdback)
-        return self._release(cut)
+        if self.horizon is None:
+            return self._release(len(self.raw), [])
+        cut, spans = self._cut(self.horizon.advance(self.raw))
+        return self._release(cut, spans)
 
     def finish(self) -> str:
-        if not self.rules.active:
-            return self._plain(len(self.raw))
-        return self._release(len(self.raw))
+        if self.horizon is None:
+            return self._release(len(self.raw), [])
+        return self._release(*self._cut(len(self.raw)))
 
-    def _plain(self, end: int) -> str:
-        out = self.raw[self.released:end]
-        self.released = end
-        return out
+    def _cut(self, settled: int) -> tuple[int, list[_Span]]:
+        """The settled point moved back so that it cuts through no candidate match."""
+        spans, candidates = self.rules.spans(self.raw, self.scan_from)
+        cut, moved = settled, True
+        while moved:
+            moved = False
+            for start, end in candidates:
+                if start < cut < end:
+                    cut, moved = start, True
+        return max(cut, self.scan_from), spans
 
-    def _release(self, cut: int) -> str:
+    def _release(self, cut: int, spans: list[_Span]) -> str:
         if cut <= self.released:
             return ""
-        base = max(0, self.released - self.rules.holdback)
-        spans = [_Span(s.start + base, s.end + base, s.kind, s.placeholder)
-                 for s in self.rules.spans(self.raw[base:])]
-        for span in spans:  # never cut through a match: it may still be growing
-            if span.start < cut < span.end:
-                cut = span.start
-        if cut <= self.released:
-            return ""
-        pieces, position = [], self.released
+        position, out = self.released, []
         for span in spans:
             if span.end <= self.released or span.start >= cut:
                 continue
-            pieces.append(self.raw[position:max(position, span.start)])
-            pieces.append(span.placeholder)
+            if span.start > position:
+                out.append(self._piece(position, span.start, self.raw[position:span.start], False))
+            out.append(self._piece(max(position, span.start), span.end, span.placeholder, True))
             self.counts[span.kind] += 1
             position = span.end
-        pieces.append(self.raw[position:cut])
-        self.released = cut
-        return "".join(pieces)
+        if cut > position:
+            out.append(self._piece(position, cut, self.raw[position:cut], False))
+        self.released = self.scan_from = cut
+        return "".join(p.text for p in out)
+
+    def _piece(self, raw_start: int, raw_end: int, text: str, redacted: bool) -> Piece:
+        piece = Piece(raw_start, raw_end, text, self.emitted, redacted)
+        self.pieces.append(piece)
+        self.emitted += len(text)
+        return piece
