@@ -61,6 +61,7 @@ class Delta:
     text: str = ""
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)
+    text_ends: list[int] = field(default_factory=list)  # per logprob: its text's end offset
     finish_reason: str | None = None  # stop | length | error
     error: str | None = None
     prompt_tokens: int = 0
@@ -68,8 +69,9 @@ class Delta:
 
     def merge(self, later: Delta) -> Delta:
         return Delta(self.text + later.text, self.token_ids + later.token_ids,
-                     self.logprobs + later.logprobs, later.finish_reason, later.error,
-                     later.prompt_tokens, later.completion_tokens)
+                     self.logprobs + later.logprobs, self.text_ends + later.text_ends,
+                     later.finish_reason, later.error, later.prompt_tokens,
+                     later.completion_tokens)
 
 
 class EngineObserver(Protocol):
@@ -126,6 +128,7 @@ class EngineRequest:
             delta.token_ids.append(token)
             if logprob is not None:
                 delta.logprobs.append(logprob)
+                delta.text_ends.append(len(self.text.text))
             if self.text.stopped:
                 finish = "stop"
             elif finish == "length":

@@ -18,7 +18,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,8 +40,14 @@ from lmforge.serve.errors import APIError
 from lmforge.serve.metrics import Metrics
 from lmforge.serve.middleware import CLIENT_CLOSED, AuditRecord
 from lmforge.serve.ratelimit import TokenBudget
-from lmforge.serve.safety import InputFilter, OutputFilter, StreamRedactor
-from lmforge.serve.sampling import SamplingParams, TokenLogprob
+from lmforge.serve.safety import (
+    InputFilter,
+    LogprobFilter,
+    OutputFilter,
+    ShownLogprob,
+    StreamRedactor,
+)
+from lmforge.serve.sampling import SamplingParams
 from lmforge.serve.variants import ModelGroup, Registry, Variant
 from lmforge.tokenizer.chat import TemplateRenderError, render_chat
 
@@ -61,9 +67,11 @@ class Run:
     seqs: list[EngineRequest]
     prompts: list[list[int]]
     redactors: list[StreamRedactor]
+    token_text: Callable[[int], str]
     texts: list[str] = field(init=False)
     finish: list[str | None] = field(init=False)
-    logprobs: list[list[TokenLogprob]] = field(init=False)
+    logprobs: list[list[ShownLogprob]] = field(init=False)
+    logprob_filters: list[LogprobFilter] = field(init=False)
     completion_tokens: list[int] = field(init=False)
     pending: list[tuple[AsyncIterator[Delta], Delta]] = field(default_factory=list)
 
@@ -71,21 +79,25 @@ class Run:
         n = len(self.seqs)
         self.texts, self.finish = [""] * n, [None] * n
         self.logprobs, self.completion_tokens = [[] for _ in range(n)], [0] * n
+        self.logprob_filters = [LogprobFilter(r, self.token_text) for r in self.redactors]
 
     @property
     def prompt_tokens(self) -> int:
         return sum(len(p) for p in self.prompts)
 
-    def take(self, index: int, delta: Delta) -> str:
-        """Fold a delta into choice `index`; the filtered text to send now."""
+    def take(self, index: int, delta: Delta) -> tuple[str, list[ShownLogprob]]:
+        """Fold a delta into choice `index`; the filtered text and logprobs to send now."""
         text = self.redactors[index].push(delta.text)
-        if delta.finish_reason is not None:
+        final = delta.finish_reason is not None
+        if final:
             text += self.redactors[index].finish()
             self.finish[index] = api.finish_reason(delta)
         self.texts[index] += text
-        self.logprobs[index] += delta.logprobs
+        self.logprob_filters[index].add(delta.logprobs, delta.text_ends)
+        shown = self.logprob_filters[index].release(final)
+        self.logprobs[index] += shown
         self.completion_tokens[index] = delta.completion_tokens
-        return text
+        return text, shown
 
     def abort(self) -> None:
         for seq in self.seqs:
@@ -212,7 +224,7 @@ class Generation:
             raise APIError(503, f"the server is {state} ({e}); retry shortly", "overloaded",
                            retry_after=1) from None
         return Run(variant, engine, seqs, [ids for ids, _ in jobs],
-                   [self.output_filter.stream() for _ in seqs])
+                   [self.output_filter.stream() for _ in seqs], variant.tokenizer.token_text)
 
     def _fall_back(self, job: Job, error: str) -> bool:
         """Move a failed run from a non-primary arm to the primary; False if it was primary."""
@@ -261,14 +273,13 @@ class Generation:
         choices = []
         for i in range(len(run.seqs)):
             if job.chat:
-                logprobs = (api.chat_logprobs(run.logprobs[i], tok.token_text)
-                            if body.logprobs else None)
+                logprobs = api.chat_logprobs(run.logprobs[i]) if body.logprobs else None
                 choices.append({"index": i, "message": {"role": "assistant",
                                                         "content": run.texts[i]},
                                 "logprobs": logprobs, "finish_reason": run.finish[i]})
                 continue
             echo = tok.decode(run.prompts[i // body.n]) if body.echo else ""
-            logprobs = (api.completion_logprobs(run.logprobs[i], tok.token_text, len(echo))
+            logprobs = (api.completion_logprobs(run.logprobs[i], len(echo))
                         if body.logprobs is not None else None)
             choices.append({"index": i, "text": echo + run.texts[i], "logprobs": logprobs,
                             "finish_reason": run.finish[i]})
@@ -324,15 +335,14 @@ class Generation:
     def _chunk(self, job: Job, rid: str, created: int, index: int, delta: Delta,
                echoed: list[bool]) -> dict | None:
         run, body = job.run, job.body
-        before = len(run.texts[index])
-        text = run.take(index, delta)
+        before = sum(len(e.text) for e in run.logprobs[index])
+        text, shown = run.take(index, delta)
         finish = run.finish[index]
-        if not text and finish is None and not delta.logprobs:
+        if not text and finish is None and not shown:
             return None
         tok = run.variant.tokenizer
         if job.chat:
-            logprobs = api.chat_logprobs(delta.logprobs, tok.token_text) if body.logprobs \
-                else None
+            logprobs = api.chat_logprobs(shown) if body.logprobs else None
             content = {"content": text} if text or finish is None else {}
             return api.chat_chunk(rid, created, body.model, index, content, finish, logprobs)
         echo = ""
@@ -341,7 +351,7 @@ class Generation:
         logprobs = None
         if body.logprobs is not None:
             start = len(tok.decode(run.prompts[index // body.n])) if body.echo else 0
-            logprobs = api.completion_logprobs(delta.logprobs, tok.token_text, start + before)
+            logprobs = api.completion_logprobs(shown, start + before)
         return api.completion_chunk(rid, created, body.model, index, echo + text, finish,
                                     logprobs)
 

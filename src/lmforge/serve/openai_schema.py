@@ -18,7 +18,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from lmforge.serve.engine import Delta
-from lmforge.serve.sampling import RANGES, TokenLogprob, range_problem
+from lmforge.serve.safety import ShownLogprob
+from lmforge.serve.sampling import RANGES, range_problem
 
 MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 256  # per string: the text stream looks for each one's start after every token
@@ -199,30 +200,26 @@ def model_card(name: str, created: int, context: int) -> dict[str, Any]:
             "max_model_len": context}
 
 
-def completion_logprobs(entries: list[TokenLogprob], token_text: Any,
-                        offset: int) -> dict[str, Any]:
+def completion_logprobs(entries: list[ShownLogprob], offset: int) -> dict[str, Any]:
     """The completions API's logprobs object; `offset` is where this text starts."""
-    tokens, offsets = [], []
+    offsets = []
     for e in entries:
         offsets.append(offset)
-        text = token_text(e.token_id)
-        tokens.append(text)
-        offset += len(text)
+        offset += len(e.text)
     return {
-        "tokens": tokens,
+        "tokens": [e.text for e in entries],
         "token_logprobs": [e.logprob for e in entries],
-        "top_logprobs": [{token_text(t): lp for t, lp in e.top} for e in entries],
+        "top_logprobs": [dict(e.top) for e in entries],
         "text_offset": offsets,
     }
 
 
-def chat_logprobs(entries: list[TokenLogprob], token_text: Any) -> dict[str, Any]:
-    def item(token_id: int, logprob: float) -> dict[str, Any]:
-        text = token_text(token_id)
+def chat_logprobs(entries: list[ShownLogprob]) -> dict[str, Any]:
+    def item(text: str, logprob: float) -> dict[str, Any]:
         return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
 
     return {"content": [
-        {**item(e.token_id, e.logprob), "top_logprobs": [item(t, lp) for t, lp in e.top]}
+        {**item(e.text, e.logprob), "top_logprobs": [item(t, lp) for t, lp in e.top]}
         for e in entries
     ]}
 

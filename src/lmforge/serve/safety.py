@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from lmforge.errors import UserError
 from lmforge.serve.config import InputFilterConfig, OutputFilterConfig
+from lmforge.serve.sampling import TokenLogprob
 from lmforge.text.blocklist import PLACEHOLDER, Blocklist
 from lmforge.text.pii import PLACEHOLDERS, PIIRedactor
 from lmforge.text.settle import Earliest, Horizon, MatchShape
@@ -211,3 +213,95 @@ class StreamRedactor:
         self.pieces.append(piece)
         self.emitted += len(text)
         return piece
+
+
+@dataclass(frozen=True)
+class ShownLogprob:
+    """A token's logprob entry as the client sees it: texts after redaction."""
+
+    text: str
+    logprob: float
+    top: list[tuple[str, float]]
+
+
+ALTERNATIVE_WINDOW = 1024  # raw characters before a token that its alternatives are read with
+
+
+class LogprobFilter:
+    """Token logprobs that carry the same redacted text as the reply they belong to.
+
+    An entry is held until the redactor has released its whole text, then shown as the part
+    of the output its text became: a token inside a redacted match shows the placeholder (the
+    first token of the match) or nothing (the rest), and so do its alternatives, so neither
+    the PII nor what the model would have written instead leaks. Elsewhere an alternative
+    that would have completed a match is shown as that match's placeholder."""
+
+    def __init__(self, redactor: StreamRedactor, token_text: Callable[[int], str]) -> None:
+        self.redactor, self.token_text = redactor, token_text
+        self.base = len(redactor.raw)  # where the reply starts in the redactor's raw text
+        self.pending: list[tuple[TokenLogprob, int]] = []  # entries and their raw end
+        self.start = self.base  # raw start of the first pending entry
+        self.claimed: set[int] = set()  # raw starts of redacted pieces already shown
+        self.piece = 0  # index of the first piece that may still overlap a pending entry
+
+    def add(self, entries: list[TokenLogprob], text_ends: list[int]) -> None:
+        self.pending += [(e, self.base + end) for e, end in zip(entries, text_ends, strict=True)]
+
+    def release(self, final: bool = False) -> list[ShownLogprob]:
+        """The entries whose text the redactor has released (all of them when `final`)."""
+        shown = []
+        while self.pending:
+            entry, end = self.pending[0]
+            end, released = max(end, self.start), self.redactor.released
+            # a token that adds no character (part of one split over tokens) belongs to the
+            # next character: it waits until that is released too
+            if not (final or end < released or self.start < end == released):
+                break
+            self.pending.pop(0)
+            shown.append(self._show(entry, self.start, end))
+            self.start = end
+        return shown
+
+    def _show(self, entry: TokenLogprob, start: int, end: int) -> ShownLogprob:
+        if not self.redactor.rules.active:
+            text = self.token_text(entry.token_id)
+            return ShownLogprob(text, entry.logprob, [(self.token_text(t), lp) for t, lp in
+                                                      entry.top])
+        pieces = self.redactor.pieces
+        while self.piece < len(pieces) and pieces[self.piece].raw_end <= start:
+            self.piece += 1  # later tokens start at or after `start`
+        inside = [p for p in pieces[self.piece:] if _overlaps(p, start, end)]
+        redacted = next((p for p in inside if p.redacted), None)
+        if redacted is None:
+            text = self.token_text(entry.token_id)
+            top = [(self._alternative(start, entry, t), lp) for t, lp in entry.top]
+            return ShownLogprob(text, entry.logprob, top)
+        text = "".join(self._part(p, start, end) for p in inside)
+        hidden = redacted.text
+        top = [(text if t == entry.token_id else hidden, lp) for t, lp in entry.top]
+        return ShownLogprob(text, entry.logprob, top)
+
+    def _part(self, piece: Piece, start: int, end: int) -> str:
+        if not piece.redacted:
+            raw = self.redactor.raw
+            return raw[max(start, piece.raw_start):min(end, piece.raw_end)]
+        if piece.raw_start in self.claimed:
+            return ""
+        self.claimed.add(piece.raw_start)
+        return piece.text
+
+    def _alternative(self, at: int, entry: TokenLogprob, token_id: int) -> str:
+        text = self.token_text(token_id)
+        if token_id == entry.token_id:
+            return text
+        base = max(self.base, at - ALTERNATIVE_WINDOW)
+        placeholder = self.redactor.rules.alternative(self.redactor.raw, base, at, text)
+        return text if placeholder is None else placeholder
+
+
+def _overlaps(piece: Piece, start: int, end: int) -> bool:
+    """Whether a token's raw text [start, end) is part of `piece`; a token that adds no
+    character (part of a character split over tokens) belongs to the piece it begins."""
+    if start == end:
+        return piece.raw_start <= start < piece.raw_end
+    return piece.raw_start < end and start < piece.raw_end
