@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from lmforge.model.config import ModelConfig, RopeScaling
 from lmforge.model.kv_cache import KVCache
+from lmforge.model.lora import fused_linear
 from lmforge.model.moe import MoE
 
 EAGER_MAX_KEYS = 512
@@ -142,10 +143,8 @@ class Attention(nn.Module):
         b, t, _ = x.shape
         h, h_kv = self.n_heads, self.n_kv_heads
         # q, k and v in one matmul (one large GEMM beats three small ones; same parameters)
-        weight = torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight))
-        bias = None if self.q_proj.bias is None else torch.cat(
-            (self.q_proj.bias, self.k_proj.bias, self.v_proj.bias))
-        qkv = F.linear(x, weight, bias).view(b, t, h + 2 * h_kv, self.head_dim)
+        qkv = fused_linear(x, (self.q_proj, self.k_proj, self.v_proj))
+        qkv = qkv.view(b, t, h + 2 * h_kv, self.head_dim)
         if self.q_norm is not None:
             q, k, v = qkv.split((h, h_kv, h_kv), dim=2)
             qk = torch.cat((self.q_norm(q), self.k_norm(k)), dim=2)
@@ -171,8 +170,7 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(hidden, dim, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        weight = torch.cat((self.gate_proj.weight, self.up_proj.weight))
-        gate, up = F.linear(x, weight).chunk(2, dim=-1)
+        gate, up = fused_linear(x, (self.gate_proj, self.up_proj)).chunk(2, dim=-1)
         return self.down_proj(F.silu(gate) * up)
 
 
