@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "lmforge.data.cli",
     "lmforge.tokenizer.cli",
     "lmforge.train.cli",
+    "lmforge.finetune.cli",
     "lmforge.export.cli",
     "lmforge.serve.cli",
 )

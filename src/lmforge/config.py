@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 from lmforge.data.config import DataConfig
 from lmforge.errors import UserError
 from lmforge.export.config import ExportConfig
+from lmforge.finetune.config import FinetuneConfig
 from lmforge.model.config import ModelConfig
 from lmforge.schema import Section
 from lmforge.serve.config import ServeConfig
@@ -72,6 +73,7 @@ class Config(Section):
     tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
 

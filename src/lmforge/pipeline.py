@@ -74,6 +74,7 @@ STAGE_REFS = (
     "lmforge.tokenizer.stage:TOKENIZER",
     "lmforge.tokenizer.stage:TOKENIZE",
     "lmforge.train.stage:STAGE",
+    "lmforge.finetune.stage:STAGE",
     "lmforge.export.stage:STAGE",
 )
 

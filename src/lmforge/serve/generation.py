@@ -49,7 +49,7 @@ from lmforge.serve.safety import (
 )
 from lmforge.serve.sampling import SamplingParams
 from lmforge.serve.variants import ModelGroup, Registry, Variant
-from lmforge.tokenizer.chat import TemplateRenderError, render_chat
+from lmforge.tokenizer.chat import TemplateRenderError
 
 log = logging.getLogger("lmforge.serve")
 Body = api.CompletionRequest | api.ChatCompletionRequest
@@ -177,9 +177,8 @@ class Generation:
             if not tok.chat_template:
                 raise APIError(400, f"model {body.model!r} has no chat template; use "
                                "/v1/completions", "no_chat_template", "messages")
-            specials = {"bos_token": tok.bos_token or "", "eos_token": tok.eos_token or ""}
             try:
-                text = render_chat(tok.chat_template, body.template_messages(), specials)
+                text = tok.render(body.template_messages())
             except TemplateRenderError as e:
                 raise APIError(400, str(e), "invalid_messages", "messages") from None
             return [_tokens(tok, text, "messages")]

@@ -18,10 +18,11 @@ import time
 from pathlib import Path
 
 from lmforge.errors import UserError
-from lmforge.serve.artifacts import ServedTokenizer, load_served_model
+from lmforge.serve.artifacts import load_served_model
 from lmforge.serve.config import EngineConfig, FallbackConfig, ModelSpec, VariantSpec
 from lmforge.serve.engine import Engine
 from lmforge.serve.metrics import Metrics
+from lmforge.tokenizer.chat_tokenizer import ChatTokenizer
 
 log = logging.getLogger("lmforge.serve")
 
@@ -32,7 +33,7 @@ class Variant:
         self.model, self.spec, self.name = model, spec, spec.name
         self.engine_cfg, self.metrics = engine_cfg, metrics
         self.engine: Engine | None = None
-        self.tokenizer: ServedTokenizer | None = None
+        self.tokenizer: ChatTokenizer | None = None
         self.load_error: str | None = None
         self.failures = 0
         self.out_until = 0.0

@@ -84,9 +84,10 @@ class TensorBoard:
 class ProgressBar:
     """Steps with loss, tokens/s and ETA (rich, on stderr)."""
 
-    def __init__(self, total: int, start: int, enabled: bool = True) -> None:
+    def __init__(self, total: int, start: int, enabled: bool = True,
+                 name: str = "pretrain") -> None:
         self.progress = Progress(
-            TextColumn("[bold]pretrain"),
+            TextColumn(f"[bold]{name}"),
             BarColumn(),
             TextColumn("{task.completed}/{task.total}"),
             TextColumn("loss {task.fields[loss]}"),
@@ -97,7 +98,7 @@ class ProgressBar:
             console=console,
             disable=not enabled,
         )
-        self.task = self.progress.add_task("pretrain", total=total, completed=start,
+        self.task = self.progress.add_task(name, total=total, completed=start,
                                            loss="-", rate="-")
 
     def __enter__(self) -> ProgressBar:

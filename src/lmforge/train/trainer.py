@@ -166,7 +166,7 @@ class Trainer:
         self._announce(resume_from, baseline)
         previous = self._install_signal_handlers()
         try:
-            with ProgressBar(self.tcfg.max_steps, self.step, enabled=main) as bar:
+            with ProgressBar(self.tcfg.max_steps, self.step, main, self.name) as bar:
                 stopped = self._loop(bar)
             return self._finish(stopped, baseline)
         finally:
