@@ -149,3 +149,24 @@ def test_user_errors_name_the_problem(tmp_path):
     other = Transformer(ModelConfig(**{**SHAPE, "ffn_dim": 48}))
     with pytest.raises(UserError, match="shape"):
         load_lora_adapter(tmp_path / "a", other)
+
+
+@pytest.mark.parametrize("merge", [True, False])
+def test_export_of_an_adapter_merged_or_beside_its_base(tmp_path, merge):
+    from lmforge.cli import main
+    from test_serve_support import make_model_dir
+
+    base_dir = make_model_dir(tmp_path / "base", steps=5)
+    model, _ = load_model(base_dir)
+    trained_lora(model)
+    save_lora_adapter(tmp_path / "adapter", model, SPEC, str(base_dir))
+    args = ["export", str(tmp_path / "adapter"), "-o", str(tmp_path / "out")]
+    assert main([*args, "--merge-lora"] if merge else args) == 0
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    if merge:
+        assert not (tmp_path / "out" / "adapter").exists()
+    else:
+        hf = peft.PeftModel.from_pretrained(hf, tmp_path / "out" / "adapter")
+    x = torch.randint(0, model.cfg.vocab, (2, 20))
+    assert (logits(hf.eval(), x) - logits(model.eval(), x)).abs().max() < 1e-5
+    assert (tmp_path / "out" / "tokenizer.json").is_file()

@@ -60,6 +60,9 @@ class Stage:
     # Whether the run includes this stage (None: always), and the config key that says so.
     enabled_fn: Callable[[Config], bool] | None = None
     switch: str = ""
+    # Inputs used when that stage is part of the run (the export takes the fine-tuned model
+    # when there is one).
+    optional_inputs: tuple[str, ...] = ()
 
     def config_of(self, cfg: Config) -> dict[str, Any]:
         if self.config_fn is not None:
@@ -210,7 +213,8 @@ def run_pipeline(
             if stage.name == until:
                 break
             continue
-        upstream = {name: manifests[name] for name in stage.inputs}
+        wanted = [*stage.inputs, *(n for n in stage.optional_inputs if n in manifests)]
+        upstream = {name: manifests[name] for name in wanted}
         reason = "forced with --force" if stage.name in (force or []) else None
         reason = reason or stale_reason(stage, cfg, out_dir, upstream)
         if reason is None:
@@ -221,7 +225,7 @@ def run_pipeline(
             ctx = StageContext(
                 cfg=cfg,
                 out_dir=out_dir,
-                inputs={name: run_dir / name for name in stage.inputs},
+                inputs={name: run_dir / name for name in upstream},
                 resume=resume,
                 options=dict(options or {}),
             )

@@ -15,12 +15,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         "HF dir) as a Hugging Face model directory: config.json, generation_config.json, "
         "safetensors weights and the tokenizer with its chat template.",
     )
-    export.add_argument("source", help="run dir, checkpoint, model dir or HF dir")
+    export.add_argument("source", help="run dir, checkpoint, model dir, HF dir, fine-tuned run "
+                        "(RUN or RUN/finetune) or adapter dir")
     export.add_argument("-o", "--output", required=True, help="directory to write")
     export.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     export.add_argument("--max-shard-mb", type=float, default=5000.0,
                         help="split weights above this size into shards (default 5000)")
     export.add_argument("--tokenizer", help="tokenizer dir (default: found next to the model)")
+    export.add_argument("--merge-lora", action="store_true",
+                        help="fold a fine-tuned LoRA adapter into the weights (default: write "
+                        "the base and copy the adapter to DIR/adapter)")
     export.set_defaults(handler=_export)
 
 
@@ -34,6 +38,6 @@ def _export(args: argparse.Namespace, overrides: list[str]) -> int:
                         "HF dir")
     claim(out, STAGE.name, clear=True)  # refuses a directory that holds what lmforge did not write
     export_model(source, out, args.dtype, args.max_shard_mb,
-                 Path(args.tokenizer) if args.tokenizer else None)
+                 Path(args.tokenizer) if args.tokenizer else None, args.merge_lora)
     seal(out, STAGE.name)
     return 0

@@ -2,11 +2,14 @@
 
     RUN/export/   config.json, generation_config.json, model.safetensors, tokenizer files
 
+When the run fine-tuned, the fine-tuned model is exported (LoRA adapters merged in).
+
 transformers' `from_pretrained`, vLLM and lm-eval's hf backend load it as it is.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -14,25 +17,59 @@ from lmforge.config import Config
 from lmforge.pipeline import Stage, StageContext
 from lmforge.progress import console
 
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def finetune_output(source: Path) -> Path | None:
+    """The finetune stage dir a source names (a run that fine-tuned, or the dir itself)."""
+    for candidate in (source / "finetune", source):
+        if (candidate / "adapter" / ADAPTER_CONFIG).is_file() or (
+                candidate.name == "finetune" and (candidate / "model").is_dir()):
+            return candidate
+    return None
+
 
 def export_model(source: Path, out: Path, dtype: str = "float32", max_shard_mb: float = 5000.0,
-                 tokenizer: Path | None = None) -> dict[str, Any]:
-    """Load any model lmforge reads (run, checkpoint, model dir, HF dir) and write it out."""
+                 tokenizer: Path | None = None, merge_lora: bool = False) -> dict[str, Any]:
+    """Load any model lmforge reads (run, checkpoint, model dir, HF dir, fine-tuned run or
+    adapter dir) and write it out. An adapter is folded into the weights with `merge_lora`,
+    else the base is written and the adapter copied to out/adapter (PEFT loads the pair)."""
     from lmforge.export.hf import write_hf_model
     from lmforge.model.files import find_tokenizer, load_model
+    from lmforge.model.lora import merge_lora as merge
+    from lmforge.model.peft import load_adapter_model
 
-    model, loaded_from = load_model(source)
-    tokenizer_dir = tokenizer if tokenizer is not None else find_tokenizer(loaded_from)
+    tuned = finetune_output(source)
+    adapter = source if (source / ADAPTER_CONFIG).is_file() else (
+        tuned / "adapter" if tuned is not None and (tuned / "adapter").is_dir() else None)
+    if adapter is not None:
+        model, loaded_from = load_adapter_model(adapter)
+        tokenizer_dir = tokenizer or find_tokenizer(adapter.parent if tuned else loaded_from)
+        if merge_lora:
+            merge(model)
+        else:
+            model, _ = load_model(loaded_from)
+    else:
+        model, loaded_from = load_model(tuned / "model" if tuned is not None else source)
+        tokenizer_dir = tokenizer if tokenizer is not None else find_tokenizer(loaded_from)
     written = write_hf_model(out, model.state_dict(), model.cfg, tokenizer_dir, dtype,
                              max_shard_mb)
-    console.print(f"  export: {written['params'] / 1e6:.2f}M parameters in {dtype}, "
+    if adapter is not None and not merge_lora:
+        shutil.copytree(adapter, out / "adapter", dirs_exist_ok=True)
+    what = "merged" if adapter is not None and merge_lora else (
+        "base + adapter/" if adapter is not None else "")
+    console.print(f"  export: {written['params'] / 1e6:.2f}M parameters in {dtype} {what}, "
                   f"{len(written['files'])} files, {written['bytes'] / 1e6:.1f} MB -> {out}")
     return {"source": str(loaded_from), "params": written["params"], "dtype": dtype,
-            "bytes": written["bytes"]}
+            "bytes": written["bytes"], "adapter": None if adapter is None else str(adapter),
+            "merged": bool(adapter is not None and merge_lora)}
 
 
 def run_export(ctx: StageContext) -> dict[str, Any]:
     cfg = ctx.cfg.export
+    if "finetune" in ctx.inputs:  # the run fine-tuned: ship that model, adapters merged
+        return export_model(ctx.inputs["finetune"], ctx.out_dir, cfg.dtype, cfg.max_shard_mb,
+                            merge_lora=True)
     return export_model(ctx.inputs["pretrain"] / "model", ctx.out_dir, cfg.dtype,
                         cfg.max_shard_mb, tokenizer=ctx.inputs["tokenizer"])
 
@@ -48,6 +85,7 @@ STAGE = Stage(
     run=run_export,
     describe="write the final model as an HF directory (transformers, vLLM, lm-eval load it)",
     config_fn=_depends_on,
+    optional_inputs=("finetune",),
     enabled_fn=lambda cfg: cfg.export.enabled,
     switch="export.enabled",
 )

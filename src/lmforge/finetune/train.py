@@ -84,7 +84,7 @@ def finetune(cfg: Config, out_dir: Path, base: Path, resume: bool) -> dict[str, 
     del model
     try:
         summary = trainer.fit(resume_from, resume_state)
-        write_outputs(trainer, cfg, summary, tokenizer_dir, str(loaded_from), tok)
+        write_outputs(trainer, cfg, summary, tokenizer_dir, str(base.resolve()), tok)
     except OSError as e:
         if e.errno not in DISK_FULL:
             raise

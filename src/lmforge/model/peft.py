@@ -119,3 +119,20 @@ def load_lora_adapter(directory: Path, model: nn.Module) -> LoraSpec:
                             f"needs {tuple(params[name].shape)} (another base model?)")
         params[name].copy_(tensor)
     return spec
+
+
+def load_adapter_model(adapter_dir: Path, base: Path | None = None) -> tuple[nn.Module, Path]:
+    """The base model (`base`, else the adapter config's base_model_name_or_path) with the
+    adapter on it, and the base's path."""
+    from lmforge.model.files import load_model
+
+    config = read_config(adapter_dir)
+    if base is None:
+        named = config.get("base_model_name_or_path")
+        if not named or not Path(named).exists():
+            raise UserError(f"{adapter_dir}: the base model {named!r} is not a local path; "
+                            "pass the base model directory")
+        base = Path(named)
+    model, _ = load_model(base)
+    load_lora_adapter(adapter_dir, model)
+    return model.eval(), base
