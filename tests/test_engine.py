@@ -16,12 +16,12 @@ from safetensors.torch import save_file
 from lmforge.model.config import ModelConfig
 from lmforge.model.hf import to_hf_config, to_hf_state_dict
 from lmforge.model.llama import Transformer
+from lmforge.model.sampling import Sampler, SamplingParams
 from lmforge.serve import core
 from lmforge.serve.artifacts import load_served_model
 from lmforge.serve.config import EngineConfig
 from lmforge.serve.engine import ContextLengthError, Engine, QueueFull
 from lmforge.serve.runner import Decode, Runner
-from lmforge.serve.sampling import Sampler, SamplingParams
 from lmforge.serve.scheduler import Scheduler
 from lmforge.serve.textstream import TextStream
 from lmforge.train import checkpoint
@@ -65,6 +65,7 @@ def reference_greedy(model: Transformer, prompt: list[int], n: int, stop: set[in
 RUNNER_VARIANTS = [
     {}, {"n_kv_heads": 2}, {"qk_norm": True}, {"sliding_window": 5},
     {"tie_embeddings": False}, {"moe": {"num_experts": 4, "top_k": 2, "expert_ffn_dim": 16}},
+    {"qkv_bias": True, "rope_scaling": {"type": "linear", "factor": 2.0}},
 ]
 
 
@@ -73,6 +74,10 @@ def runner_and_reference(overrides: dict, dtype: torch.dtype, device: torch.devi
     """A small random model's runner (4 slots) and the model itself, both in `dtype`."""
     torch.manual_seed(seed)
     model = Transformer(ModelConfig(**SMALL, **overrides)).eval()
+    with torch.no_grad():  # biases away from their zero init, so a dropped one shows
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.normal_(0, 0.5)
     reference = copy.deepcopy(model).to(device=device, dtype=dtype)
     return Runner(model, slots=4, dtype=dtype, device=device), reference
 

@@ -8,6 +8,7 @@ import random
 import shutil
 import signal
 import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,7 +19,6 @@ import yaml
 from lmforge.finetune.examples import read_examples
 from lmforge.finetune.pack import IGNORE, make_batch, pack_rows
 from lmforge.finetune.render import Untrainable, encode_conversation
-from lmforge.finetune.stage import end_of_turn_id
 from lmforge.model.files import load_model
 from lmforge.serve import openai_schema as api
 from lmforge.serve.generation import Generation
@@ -81,7 +81,7 @@ def test_loss_is_on_assistant_turns_only_with_their_end_of_turn(tok):
     messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "say fox"},
                 {"role": "assistant", "content": "fox"}, {"role": "user", "content": "dog"},
                 {"role": "assistant", "content": "lazy dog"}]
-    eot = end_of_turn_id(tok)
+    eot = tok.end_of_turn_id
     encoded = encode_conversation(tok, messages, eot)
     assert encoded.ids == tok.encode(tok.render(messages, add_generation_prompt=False))
     trained = "".join(tok.codec.tokenizer.decode([i], skip_special_tokens=False)
@@ -102,7 +102,7 @@ def test_an_example_with_an_empty_mask_is_quarantined_never_trained(tmp_path, to
         encode_conversation(ChatTokenizer(quiet), messages, None)
     assert caught.value.reason == "empty_mask"
     with pytest.raises(Untrainable, match="no_end_of_turn"):
-        encode_conversation(ChatTokenizer(quiet), messages, end_of_turn_id(tok))
+        encode_conversation(ChatTokenizer(quiet), messages, tok.end_of_turn_id)
 
 
 def test_training_prompts_are_the_ids_the_server_sends(tok):
@@ -113,7 +113,7 @@ def test_training_prompts_are_the_ids_the_server_sends(tok):
             {"role": "assistant", "content": "b"}, {"role": "user", "content": "the dog"},
             {"role": "assistant", "content": "lazy"}]}]:
         messages = chat["messages"]
-        encoded = encode_conversation(tok, messages, end_of_turn_id(tok))
+        encoded = encode_conversation(tok, messages, tok.end_of_turn_id)
         starts = [i for i in range(len(encoded.ids))
                   if encoded.trained[i] and (i == 0 or not encoded.trained[i - 1])]
         turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
@@ -124,7 +124,7 @@ def test_training_prompts_are_the_ids_the_server_sends(tok):
 
 def test_packed_rows_give_the_losses_of_the_examples_alone(base, tok):
     model, _ = load_model(base)
-    eot = end_of_turn_id(tok)
+    eot = tok.end_of_turn_id
     examples = [encode_conversation(tok, c["messages"], eot) for c in toy_chats(7, seed=3)]
     rows = pack_rows(examples, list(range(7)), 64)
     assert len(rows) < 7 and sorted(i for row in rows for i in row) == list(range(7))
@@ -173,6 +173,14 @@ def test_a_short_lora_sft_learns_to_end_its_replies(tmp_path, base):
     assert [json.loads(q)["reason"] for q in quarantine] == ["malformed_json"]
     rows = read_metrics(out / "metrics.jsonl")
     assert any("val_stop_rate" in r for r in rows)
+    chat = subprocess.run([sys.executable, "-m", "lmforge", "chat", str(tmp_path)],
+                          input="say fox dog\n/reset\nsay the lazy\n", capture_output=True,
+                          text=True, timeout=120)
+    assert chat.returncode == 0, chat.stderr
+    assert chat.stdout.count("assistant>") == 2 and "<|end|>" not in chat.stdout
+    from lmforge.serve.artifacts import load_served_model
+
+    assert load_served_model(tmp_path).source == out / "adapter"  # the fine-tuned model
 
 
 @pytest.mark.slow

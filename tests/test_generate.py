@@ -10,7 +10,7 @@ import torch
 from lmforge.cli import main
 from lmforge.model.config import ModelConfig
 from lmforge.model.files import load_model, save_model_dir
-from lmforge.model.generate import filter_logits, generate
+from lmforge.model.generate import generate
 from lmforge.model.llama import Transformer
 from lmforge.tokenizer.config import TokenizerConfig
 from lmforge.tokenizer.train import save_tokenizer, train_char
@@ -24,14 +24,22 @@ def tiny_model(vocab: int = 40, max_seq_len: int = 16) -> Transformer:
     return Transformer(cfg).eval()
 
 
-def test_top_k_and_top_p_filters() -> None:
-    logits = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
-    kept = filter_logits(logits, top_k=2, top_p=None)
-    assert torch.isinf(kept[0, :2]).all() and torch.isfinite(kept[0, 2:]).all()
-    probs = torch.tensor([[0.6, 0.3, 0.1]]).log()
-    assert torch.isfinite(filter_logits(probs, None, 0.5)).tolist() == [[True, False, False]]
-    assert torch.isfinite(filter_logits(probs, None, 0.7)).tolist() == [[True, True, False]]
-    assert torch.isfinite(filter_logits(probs, None, 1.0)).all()
+def test_generate_draws_with_the_servers_sampler() -> None:
+    from lmforge.model.sampling import Sampler, SamplingParams
+
+    model = tiny_model(max_seq_len=64)
+    prompt = [1, 2, 3]
+    ours = generate(model, prompt, 12, temperature=0.9, top_k=5, top_p=0.8, seed=11)
+    sampler = Sampler(1, 40, torch.device("cpu"))
+    sampler.add([0], [SamplingParams(12, temperature=0.9, top_k=5, top_p=0.8, seed=11)],
+                [prompt])
+    seq, theirs = list(prompt), []
+    with torch.no_grad():
+        for _ in range(12):
+            token = int(sampler.sample(model(torch.tensor([seq])).logits[:, -1])[0][0])
+            theirs.append(token)
+            seq.append(token)
+    assert ours == theirs
 
 
 def test_greedy_with_cache_equals_full_recompute() -> None:
@@ -54,10 +62,13 @@ def test_seeded_sampling_is_reproducible() -> None:
     assert len(a) == 30  # longer than max_seq_len=16: the cache is rebuilt, decoding goes on
 
 
-def test_generation_stops_at_eos() -> None:
+def test_generation_stops_at_eos_or_any_stop_token() -> None:
     model = tiny_model()
-    first = generate(model, [1, 2], 1, temperature=0)[0]
-    assert generate(model, [1, 2], 10, temperature=0, eos_id=first) == [first]
+    free = generate(model, [1, 2], 10, temperature=0)
+    assert generate(model, [1, 2], 10, temperature=0, eos_id=free[0]) == free[:1]
+    last = free[-1]
+    stop_at = free.index(last) + 1
+    assert generate(model, [1, 2], 10, temperature=0, stop_ids={last, 10**6}) == free[:stop_at]
 
 
 @pytest.fixture

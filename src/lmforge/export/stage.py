@@ -14,19 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.config import Config
+from lmforge.errors import UserError
 from lmforge.pipeline import Stage, StageContext
 from lmforge.progress import console
-
-ADAPTER_CONFIG = "adapter_config.json"
-
-
-def finetune_output(source: Path) -> Path | None:
-    """The finetune stage dir a source names (a run that fine-tuned, or the dir itself)."""
-    for candidate in (source / "finetune", source):
-        if (candidate / "adapter" / ADAPTER_CONFIG).is_file() or (
-                candidate.name == "finetune" and (candidate / "model").is_dir()):
-            return candidate
-    return None
 
 
 def export_model(source: Path, out: Path, dtype: str = "float32", max_shard_mb: float = 5000.0,
@@ -36,33 +26,37 @@ def export_model(source: Path, out: Path, dtype: str = "float32", max_shard_mb: 
     else the base is written and the adapter copied to out/adapter (PEFT loads the pair)."""
     from lmforge.export.hf import write_hf_model
     from lmforge.model.files import find_tokenizer, load_model
+    from lmforge.model.lora import lora_modules
     from lmforge.model.lora import merge_lora as merge
-    from lmforge.model.peft import load_adapter_model
+    from lmforge.model.peft import read_config
 
-    tuned = finetune_output(source)
-    adapter = source if (source / ADAPTER_CONFIG).is_file() else (
-        tuned / "adapter" if tuned is not None and (tuned / "adapter").is_dir() else None)
-    if adapter is not None:
-        model, loaded_from = load_adapter_model(adapter)
-        tokenizer_dir = tokenizer or find_tokenizer(adapter.parent if tuned else loaded_from)
-        if merge_lora:
-            merge(model)
-        else:
-            model, _ = load_model(loaded_from)
-    else:
-        model, loaded_from = load_model(tuned / "model" if tuned is not None else source)
-        tokenizer_dir = tokenizer if tokenizer is not None else find_tokenizer(loaded_from)
+    model, loaded_from = load_model(source)
+    adapter = loaded_from if lora_modules(model) else None
+    base = None if adapter is None else Path(read_config(adapter)["base_model_name_or_path"])
+    tokenizer_dir = tokenizer
+    if tokenizer_dir is None:  # next to the model, else (an adapter's) next to its base
+        try:
+            tokenizer_dir = find_tokenizer(loaded_from)
+        except UserError:
+            if base is None:
+                raise
+            tokenizer_dir = find_tokenizer(base)
+    if adapter is not None and merge_lora:
+        merge(model)
+    elif base is not None:
+        model, _ = load_model(base)
     written = write_hf_model(out, model.state_dict(), model.cfg, tokenizer_dir, dtype,
                              max_shard_mb)
-    if adapter is not None and not merge_lora:
-        shutil.copytree(adapter, out / "adapter", dirs_exist_ok=True)
-    what = "merged" if adapter is not None and merge_lora else (
-        "base + adapter/" if adapter is not None else "")
+    what = ""
+    if adapter is not None:
+        what = "merged with its adapter" if merge_lora else "base, adapter in adapter/"
+        if not merge_lora:
+            shutil.copytree(adapter, out / "adapter", dirs_exist_ok=True)
     console.print(f"  export: {written['params'] / 1e6:.2f}M parameters in {dtype} {what}, "
                   f"{len(written['files'])} files, {written['bytes'] / 1e6:.1f} MB -> {out}")
     return {"source": str(loaded_from), "params": written["params"], "dtype": dtype,
             "bytes": written["bytes"], "adapter": None if adapter is None else str(adapter),
-            "merged": bool(adapter is not None and merge_lora)}
+            "merged": adapter is not None and merge_lora}
 
 
 def run_export(ctx: StageContext) -> dict[str, Any]:

@@ -36,3 +36,4 @@ def _finetune(args: argparse.Namespace, overrides: list[str]) -> int:
     manifest = execute(STAGE, ctx, upstream)
     console.print(f"[bold]finetune[/]: done in {manifest['wall_time_s']:.1f}s -> {ctx.out_dir}")
     return 0
+

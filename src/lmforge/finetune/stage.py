@@ -26,7 +26,6 @@ from lmforge.finetune.render import Encoded, Untrainable, encode_conversation
 from lmforge.io import atomic_write_text
 from lmforge.pipeline import Stage, StageContext
 from lmforge.progress import console
-from lmforge.tokenizer.chat import end_of_turn_token
 from lmforge.tokenizer.chat_tokenizer import ChatTokenizer
 
 STAGE_NAME = "finetune"
@@ -103,11 +102,6 @@ def write_quarantine(out_dir: Path, rows: list[dict[str, Any]]) -> None:
         shown = ", ".join(f"{k} {v}" for k, v in sorted(reasons.items()))
         console.print(f"finetune: {len(rows)} examples quarantined ({shown}); "
                       f"see {out_dir / 'quarantine.jsonl'}")
-
-
-def end_of_turn_id(tok: ChatTokenizer) -> int | None:
-    token = end_of_turn_token(tok.config)
-    return None if token is None else tok.codec.token_id(token)
 
 
 def _depends_on(cfg: Config) -> dict[str, Any]:

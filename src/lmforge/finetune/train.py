@@ -58,7 +58,7 @@ def finetune(cfg: Config, out_dir: Path, base: Path, resume: bool) -> dict[str, 
         raise UserError(f"finetune.block_size {block} exceeds the base's max_seq_len "
                         f"{model.cfg.max_seq_len}; lower it")
     tcfg = fcfg.model_copy(update={"block_size": block})
-    end_of_turn = stage.end_of_turn_id(tok)
+    end_of_turn = tok.end_of_turn_id
     examples, drops = read_examples(fcfg.data, fcfg.format)
     kept, rejected = stage.prepare_examples(examples, tok, block, end_of_turn)
     rejected = [{"id": d.id, "location": d.location, "step": "read", "reason": d.reason,

@@ -5,7 +5,9 @@
     RUN_DIR/pretrain/model/config.json         the same as HF's config (transformers loads it)
 
 `load_model` accepts that directory, an HF export (config.json + model*.safetensors), a
-checkpoint file (.pt), a checkpoints/ directory, a pretrain directory or a run directory;
+checkpoint file (.pt), a checkpoints/ directory, a pretrain directory, a PEFT adapter
+directory (its base comes along) or a run directory (its fine-tuned model when the run
+fine-tuned, else its pretrained one);
 `best_checkpoint` picks the best checkpoint of a run for those who want it over the final
 weights (serving, perplexity scoring). `find_tokenizer` finds the tokenizer that goes with it.
 """
@@ -33,6 +35,7 @@ WEIGHTS = "model.safetensors"
 CONFIG = "model_config.json"
 HF_CONFIG = "config.json"
 HF_INDEX = "model.safetensors.index.json"
+ADAPTER_CONFIG = "adapter_config.json"
 
 
 def save_model_dir(out: Path, state: dict[str, torch.Tensor], cfg: ModelConfig) -> None:
@@ -67,15 +70,34 @@ def find_model_dir(path: Path) -> Path | None:
     return None
 
 
+def finetune_dir(path: Path) -> Path | None:
+    """The finetune stage output that `path` names: RUN/finetune of a run that finished
+    fine-tuning, or such a directory itself."""
+    if (path / "finetune" / "manifest.json").is_file():
+        return path / "finetune"
+    if path.name == "finetune" and ((path / "adapter").is_dir() or (path / "model").is_dir()):
+        return path
+    return None
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Transformer, Path]:
     """A model in eval mode and where it came from (a .pt checkpoint, a model dir's weights
-    file, or an HF export dir)."""
+    file, an HF export dir, or an adapter dir)."""
     from lmforge.train import checkpoint
 
     path = Path(path)
     if not path.exists():
-        raise UserError(f"{path} does not exist; pass a run dir, checkpoint, model dir or "
-                        "HF export dir")
+        raise UserError(f"{path} does not exist; pass a run dir, checkpoint, model dir, "
+                        "adapter dir or HF export dir")
+    tuned = finetune_dir(path)
+    if tuned is not None:
+        adapter = tuned / "adapter"
+        path = adapter if (adapter / ADAPTER_CONFIG).is_file() else tuned / "model"
+    if (path / ADAPTER_CONFIG).is_file():
+        from lmforge.model.peft import load_adapter_model
+
+        model, _ = load_adapter_model(path, device=device)
+        return model, path
     model_dir = None if path.is_file() else find_model_dir(path)
     if model_dir is None and path.is_dir() and (path / HF_CONFIG).is_file():
         with torch.device(device):

@@ -121,7 +121,8 @@ def load_lora_adapter(directory: Path, model: nn.Module) -> LoraSpec:
     return spec
 
 
-def load_adapter_model(adapter_dir: Path, base: Path | None = None) -> tuple[nn.Module, Path]:
+def load_adapter_model(adapter_dir: Path, base: Path | None = None,
+                       device: str | torch.device = "cpu") -> tuple[nn.Module, Path]:
     """The base model (`base`, else the adapter config's base_model_name_or_path) with the
     adapter on it, and the base's path."""
     from lmforge.model.files import load_model
@@ -133,6 +134,6 @@ def load_adapter_model(adapter_dir: Path, base: Path | None = None) -> tuple[nn.
             raise UserError(f"{adapter_dir}: the base model {named!r} is not a local path; "
                             "pass the base model directory")
         base = Path(named)
-    model, _ = load_model(base)
+    model, _ = load_model(base, device)
     load_lora_adapter(adapter_dir, model)
     return model.eval(), base

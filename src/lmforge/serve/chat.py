@@ -44,7 +44,7 @@ class LocalChat:
         self.max_tokens, self.temperature, self.seed = max_tokens, temperature, seed
 
     def reply(self, messages: Messages) -> Iterator[str]:
-        from lmforge.serve.sampling import SamplingParams
+        from lmforge.model.sampling import SamplingParams
         from lmforge.tokenizer.chat import render_chat
 
         text = render_chat(self.tok.chat_template, messages,

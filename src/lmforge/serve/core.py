@@ -37,10 +37,10 @@ from typing import Any
 import torch
 
 from lmforge.model.llama import Transformer
+from lmforge.model.sampling import Sampler, SamplingParams, TokenLogprob, validate
 from lmforge.serve.config import EngineConfig
 from lmforge.serve.prefix import longest_prefix
 from lmforge.serve.runner import Decode, Runner
-from lmforge.serve.sampling import Sampler, SamplingParams, TokenLogprob, validate
 from lmforge.serve.scheduler import Scheduler
 
 # (request id, token id, logprob or None, finish reason or None, error or None)

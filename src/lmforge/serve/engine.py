@@ -32,9 +32,9 @@ import torch
 
 from lmforge.errors import UserError
 from lmforge.model.llama import Transformer
+from lmforge.model.sampling import SamplingParams, TokenLogprob
 from lmforge.serve.config import EngineConfig
 from lmforge.serve.core import Output, Stats, run_core
-from lmforge.serve.sampling import SamplingParams, TokenLogprob
 from lmforge.serve.textstream import TextStream
 
 __all__ = ["ContextLengthError", "Delta", "Engine", "EngineRequest", "EngineStopped", "QueueFull"]

@@ -25,6 +25,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from lmforge.model.sampling import SamplingParams
 from lmforge.serve import openai_schema as api
 from lmforge.serve.audit import AuditLog
 from lmforge.serve.config import ServeConfig
@@ -47,7 +48,6 @@ from lmforge.serve.safety import (
     ShownLogprob,
     StreamRedactor,
 )
-from lmforge.serve.sampling import SamplingParams
 from lmforge.serve.variants import ModelGroup, Registry, Variant
 from lmforge.tokenizer.chat import TemplateRenderError
 

@@ -17,9 +17,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from lmforge.model.sampling import RANGES, range_problem
 from lmforge.serve.engine import Delta
 from lmforge.serve.safety import ShownLogprob
-from lmforge.serve.sampling import RANGES, range_problem
 
 MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 256  # per string: the text stream looks for each one's start after every token

@@ -46,6 +46,7 @@ BUCKET = 16
 class Layer:
     norm_in: Tensor  # doubled, see Runner._rms
     qkv_t: Tensor
+    qkv_bias: Tensor | None  # Qwen2's q/k/v biases
     o_t: Tensor
     norm_post: Tensor
     gate_up_t: Tensor | None  # None: the block's MoE module runs instead
@@ -127,6 +128,8 @@ class Runner:
         return Layer(
             norm_in=self._norm(block.input_layernorm.weight),
             qkv_t=qkv.t().contiguous(),
+            qkv_bias=None if attn.q_proj.bias is None else torch.cat(
+                [self._own(p.bias) for p in (attn.q_proj, attn.k_proj, attn.v_proj)]),
             o_t=self._own(attn.o_proj.weight).t().contiguous(),
             norm_post=self._norm(block.post_attention_layernorm.weight),
             gate_up_t=torch.cat((self._own(mlp.gate_proj.weight),
@@ -245,7 +248,9 @@ class Runner:
         x = F.embedding(ids, self.embed)
         cos, sin = self.rope[pos].split(self.n_qk, dim=1)
         for i, layer in enumerate(self.layers):
-            qkv = torch.mm(self._rms(x, layer.norm_in), layer.qkv_t)
+            h = self._rms(x, layer.norm_in)
+            qkv = torch.mm(h, layer.qkv_t) if layer.qkv_bias is None else torch.addmm(
+                layer.qkv_bias, h, layer.qkv_t)
             qk = self._rope(layer, qkv, cos, sin)
             if pack is None:
                 y = self._attend_decode(views[i], qk, qkv)

@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from lmforge.errors import UserError
+from lmforge.model.sampling import TokenLogprob
 from lmforge.serve.config import InputFilterConfig, OutputFilterConfig
-from lmforge.serve.sampling import TokenLogprob
 from lmforge.text.blocklist import PLACEHOLDER, Blocklist
 from lmforge.text.pii import PLACEHOLDERS, PIIRedactor
 from lmforge.text.settle import Earliest, Horizon, MatchShape

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.model.tokenizer import TextCodec, load_tokenizer
-from lmforge.tokenizer.chat import TemplateRenderError, render_chat
+from lmforge.tokenizer.chat import TemplateRenderError, end_of_turn_token, render_chat
 
 
 class ChatTokenizer:
@@ -40,6 +40,16 @@ class ChatTokenizer:
 
     def token_text(self, token_id: int) -> str:
         return self.codec.tokenizer.decode([token_id], skip_special_tokens=False)
+
+    @property
+    def end_of_turn_id(self) -> int | None:
+        """The token the chat template closes a reply with (what a chat model emits to stop)."""
+        token = end_of_turn_token(self.config)
+        return None if token is None else self.codec.token_id(token)
+
+    def chat_stop_ids(self) -> frozenset[int]:
+        """Where a reply ends: eos and the end-of-turn token."""
+        return frozenset(i for i in (self.eos_id, self.end_of_turn_id) if i is not None)
 
     def stop_ids(self, extra_tokens: list[str]) -> frozenset[int]:
         """eos plus the extra stop tokens that this vocabulary has."""

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 from lmforge.errors import UserError
 from lmforge.train import clock  # noqa: F401 - notes the start time early (non-Linux)
@@ -37,6 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--num-samples", type=int, default=1)
     gen.add_argument("--tokenizer", help="tokenizer dir (default: found next to the model)")
     gen.add_argument("--device", default="cpu", help="cpu or cuda")
+    gen.add_argument("--ignore-eos", action="store_true",
+                     help="go on past eos and the end-of-turn token (default: stop there)")
     gen.set_defaults(handler=_generate)
 
     est = sub.add_parser(
@@ -93,7 +98,7 @@ def _generate(args: argparse.Namespace, overrides: list[str]) -> int:
 
     from lmforge.model.files import find_tokenizer, load_model
     from lmforge.model.generate import stream
-    from lmforge.model.tokenizer import load_tokenizer
+    from lmforge.tokenizer.chat_tokenizer import ChatTokenizer
 
     if args.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
@@ -104,19 +109,33 @@ def _generate(args: argparse.Namespace, overrides: list[str]) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda but no CUDA GPU is visible; use --device cpu")
     model, source = load_model(args.checkpoint, args.device)
-    tok = load_tokenizer(args.tokenizer or find_tokenizer(source))
+    tok = ChatTokenizer(Path(args.tokenizer) if args.tokenizer else find_tokenizer(source))
     prompt = tok.encode(args.prompt)
     if not prompt:
         raise UserError("the prompt encodes to no tokens; pass a non-empty --prompt")
+    stops = () if args.ignore_eos else tok.chat_stop_ids()
     for i in range(args.num_samples):
         seed = None if args.seed is None else args.seed + i
         sys.stdout.write(args.prompt)
-        for token in stream(model, prompt, args.max_new_tokens, temperature=args.temperature,
-                            top_k=args.top_k or None, top_p=args.top_p, seed=seed):
-            sys.stdout.write(tok.decode([token]))
+        for text in decoded(tok, stream(model, prompt, args.max_new_tokens,
+                                        temperature=args.temperature, top_k=args.top_k or None,
+                                        top_p=args.top_p, seed=seed, stop_ids=stops)):
+            sys.stdout.write(text)
             sys.stdout.flush()
         sys.stdout.write("\n" + ("-" * 40 + "\n" if i < args.num_samples - 1 else ""))
     return 0
+
+
+def decoded(tok: Any, tokens: Iterator[int]) -> Iterator[str]:
+    """The text of a token stream as it grows (whole characters; special tokens left out)."""
+    ids: list[int] = []
+    shown = ""
+    for token in tokens:
+        ids.append(token)
+        text = tok.decode(ids)
+        if not text.endswith("\ufffd") and len(text) > len(shown):
+            yield text[len(shown):]
+            shown = text
 
 
 def _estimate(args: argparse.Namespace, overrides: list[str]) -> int:
