@@ -29,10 +29,10 @@ import torch
 from lmforge.model.config import ModelConfig
 from lmforge.model.hf import load_into_hf
 from lmforge.model.llama import Transformer
+from lmforge.model.sampling import SamplingParams
 from lmforge.serve.config import EngineConfig
 from lmforge.serve.engine import Engine
 from lmforge.serve.runner import Runner
-from lmforge.serve.sampling import SamplingParams
 
 CHARS = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"  # 65 symbols
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from lmforge.model.sampling import TokenLogprob
 from lmforge.serve.config import OutputFilterConfig
 from lmforge.serve.safety import LogprobFilter, OutputFilter
-from lmforge.serve.sampling import TokenLogprob
 from lmforge.text.pii import KINDS, PLACEHOLDERS
 
 SAMPLES = {

@@ -16,11 +16,11 @@ import httpx
 import pytest
 import torch
 
+from lmforge.model.sampling import Sampler, SamplingParams, validate
 from lmforge.serve import core
 from lmforge.serve.app import build_app
 from lmforge.serve.artifacts import load_served_model
 from lmforge.serve.config import EngineConfig, ServeConfig
-from lmforge.serve.sampling import Sampler, SamplingParams, validate
 from lmforge.serve.textstream import TextStream
 from test_serve_support import ServerThread, make_model_dir, one_thread  # noqa: F401
 
