@@ -15,12 +15,13 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_demo_pipeline_end_to_end(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(ROOT)  # the demo config names files relative to the project root
     args = ["run", "-c", "configs/demo.yaml", f"--run.dir={tmp_path}", "--train.max_steps=60"]
-    args += ["--train.eval_every=30", "--train.ckpt_every=30", "--tokenizer.vocab_size=2048"]
+    args += ["--train.eval_every=30", "--train.ckpt_every=30", "--tokenizer.vocab_size=2048",
+             "--finetune.max_steps=20", "--finetune.eval_every=10"]
     assert main(args) == 0
     stats = json.loads((tmp_path / "data" / "stats.json").read_text())
     assert stats["dedup"]["exact_removed"] > 100 and stats["dedup"]["near_removed"] > 10
     assert stats["output"]["train"]["docs"] > 500 and stats["output"]["val"]["docs"] > 10
-    for stage in ("data", "tokenizer", "tokenize", "pretrain", "export"):
+    for stage in ("data", "tokenizer", "tokenize", "pretrain", "finetune", "export"):
         assert json.loads((tmp_path / stage / "manifest.json").read_text())["stage"] == stage
     rows = read_metrics(tmp_path / "pretrain" / "metrics.jsonl")
     baseline = next(r["unigram_val_loss"] for r in rows if "unigram_val_loss" in r)
@@ -30,8 +31,12 @@ def test_demo_pipeline_end_to_end(tmp_path, monkeypatch, capsys):
     transformers = pytest.importorskip("transformers")
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "export")
     assert hf.num_parameters() > 1e6 and (tmp_path / "export" / "tokenizer.json").is_file()
+    export = json.loads((tmp_path / "export" / "manifest.json").read_text())["metrics"]
+    assert export["merged"] and export["adapter"].endswith("finetune/adapter")
+    replies = (tmp_path / "finetune" / "replies.jsonl").read_text().splitlines()
+    assert len(replies) == 16 and (tmp_path / "finetune" / "adapter").is_dir()
 
     assert main(args) == 0
     err = capsys.readouterr().err
-    stages = ("data", "tokenizer", "pretrain", "export")
+    stages = ("data", "tokenizer", "pretrain", "finetune", "export")
     assert all(f"{s}: up to date, skipped" in err for s in stages)

@@ -99,8 +99,13 @@ def read_examples(paths: list[str], fmt: Format) -> tuple[list[Example], list[Dr
     """Every example of the files (in plan order) and every line that is not one."""
     if not paths:
         raise UserError("finetune.data is empty; list the JSONL files to fine-tune on")
-    sources = [SourceConfig(path=path, format="jsonl") for path in paths]
+    from lmforge.finetune import builtin_qa
+
     examples, drops = [], []
+    if builtin_qa.NAME in paths:
+        examples += builtin_qa.examples()
+    sources = [SourceConfig(path=path, format="jsonl") for path in paths
+               if path != builtin_qa.NAME]
     for shard in plan_shards(sources, 64.0):
         for record in ExampleReader(shard, fmt):
             if isinstance(record, Drop):
