@@ -135,7 +135,7 @@ class Generation:
             raise APIError(404, f"the model {body.model!r} does not exist; GET /v1/models "
                            "lists the served models", "model_not_found", "model")
         self._check_limits(body)
-        self._check_input(body, record)
+        self._check_input(body, record, group)
         job = Job(group, body, record, budget)
         record.on_close.append(lambda: self._close(job, DISCONNECTED))
         job.run = self._start(group.pick(user), body, budget)
@@ -160,11 +160,14 @@ class Generation:
             raise APIError(400, f"at most {limits.max_prompts} prompts per request",
                            "invalid_value", "prompt")
 
-    def _check_input(self, body: Body, record: AuditRecord) -> None:
+    def _check_input(self, body: Body, record: AuditRecord, group: ModelGroup) -> None:
         if isinstance(body, api.ChatCompletionRequest):
             texts, param = [m.text() for m in body.messages], "messages"
-        else:
-            texts, param = [p for p in body.prompts() if isinstance(p, str)], "prompt"
+        else:  # a prompt sent as token ids is checked as the text it decodes to
+            tok, vocab = group.primary.tokenizer, group.primary.engine.vocab
+            texts = [p if isinstance(p, str) else tok.decode([t for t in p if 0 <= t < vocab])
+                     for p in body.prompts()]
+            param = "prompt"
         rejection = self.input_filter.check(texts)
         record.filters["input"] = rejection.rule if rejection else "pass"
         if rejection is not None:

@@ -1,10 +1,14 @@
 """Safety filters: reject bad prompts (400 naming the rule), redact replies.
 
-Input: the user's blocklist and prompt-injection patterns (built-in ones plus any from the
-config) are checked against what the client wrote (message contents, prompt text), never
-against the chat template's own markup. Output: PII and blocklisted terms are replaced by
-placeholders ([EMAIL], [PHONE], [BLOCKED], ...), using the data stage's `PIIRedactor` and
-`Blocklist` so serving and training data agree on what counts.
+Input: the user's blocklist and prompt-injection rules (lmforge.text.injection's built-in
+English and Chinese rules, matched after undoing evasions such as zero-width characters,
+full-width letters and homoglyphs, plus any patterns from the config) are checked against
+what the client wrote (message contents, prompt text, and prompts sent as token ids after
+decoding), never against the chat template's own markup.
+
+Output: PII and blocklisted terms are replaced by placeholders ([EMAIL], [PHONE],
+[BLOCKED], ...), using lmforge.text's `PIIRedactor` and `Blocklist`, so serving and training
+data agree on what counts.
 
 A streamed reply is redacted as it goes, holding back only what could still grow into a
 match: the trailing run of characters that PII is made of (an e-mail address or a phone
@@ -14,29 +18,16 @@ several, and never more than `holdback_chars`. Released text never cuts through 
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from lmforge.errors import UserError
 from lmforge.model.sampling import TokenLogprob
 from lmforge.serve.config import InputFilterConfig, OutputFilterConfig
 from lmforge.text.blocklist import PLACEHOLDER, Blocklist
+from lmforge.text.injection import InjectionDetector
 from lmforge.text.pii import PLACEHOLDERS, PIIRedactor
 from lmforge.text.settle import Earliest, Horizon, MatchShape
-
-INJECTION_PATTERNS = {
-    "ignore-instructions": r"\b(?:ignore|disregard|forget|override)\b[^.\n]{0,40}?"
-                           r"\b(?:previous|prior|above|earlier|preceding|all|your)\b[^.\n]{0,30}?"
-                           r"\b(?:instructions?|prompts?|rules|directions|guidelines)\b",
-    "reveal-system-prompt": r"\b(?:reveal|show|print|repeat|leak|output|tell me)\b[^.\n]{0,30}?"
-                            r"\b(?:system|hidden|initial|secret)\s+(?:prompt|instructions?|message)",
-    "jailbreak-persona": r"\b(?:you are now|act as|pretend to be)\b[^.\n]{0,30}?"
-                         r"\b(?:DAN|jailbroken|unrestricted|unfiltered|evil)\b"
-                         r"|\b(?:developer|DAN|jailbreak|god)\s+mode\b",
-    "chat-role-tokens": r"<\|(?:system|user|assistant|end|bos|eos|pad)\|>",
-}
 
 
 @dataclass(frozen=True)
@@ -53,15 +44,7 @@ class Rejection:
 class InputFilter:
     def __init__(self, cfg: InputFilterConfig) -> None:
         self.blocklist = Blocklist.from_files(cfg.blocklist)
-        patterns = dict(INJECTION_PATTERNS) if cfg.injection else {}
-        patterns.update(cfg.patterns)
-        self.rules: list[tuple[str, re.Pattern[str]]] = []
-        for name, pattern in patterns.items():
-            try:
-                self.rules.append((name, re.compile(pattern, re.IGNORECASE)))
-            except re.error as e:
-                raise UserError(f"serve.safety.input.patterns.{name} is not a valid regex "
-                                f"({e}); fix the pattern") from None
+        self.injection = InjectionDetector(cfg.patterns, builtin=cfg.injection)
 
     def check(self, texts: list[str]) -> Rejection | None:
         """The first rule a text breaks, or None."""
@@ -70,10 +53,9 @@ class InputFilter:
                 found = self.blocklist.find(text)
                 if found:
                     return Rejection("blocklist", text[found[0].start:found[0].end])
-            for name, pattern in self.rules:
-                match = pattern.search(text)
-                if match:
-                    return Rejection(name, match.group()[:80])
+            hit = self.injection.find(text)
+            if hit is not None:
+                return Rejection(*hit)
         return None
 
 
