@@ -39,8 +39,8 @@ def is_valid_unicode(text: str) -> bool:
 
 
 def safe_str(text: str) -> str:
-    """`text` with each lone surrogate written as its `\\udXXX` escape, so Parquet can store it
-    and a reader can still see what was there."""
+    """`text` with each lone surrogate written as its backslash escape (`\\ud800`), so
+    Parquet can store it and a reader can still see what was there."""
     if is_valid_unicode(text):
         return text
     return text.encode("utf-8", "backslashreplace").decode("utf-8")

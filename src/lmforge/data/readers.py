@@ -15,28 +15,25 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import zstandard
 
 from lmforge.data import builtin
 from lmforge.data.document import Doc, Drop, is_valid_unicode, safe_str
 from lmforge.data.plan import BUILTIN_SHARDS, Shard, arrow_files
+from lmforge.data.stream import DamageAwareStream, error_message
 from lmforge.errors import UserError
 from lmforge.io import compression_of, open_binary
 
 SHOWN_CHARS = 2000  # how much of a rejected raw line the quarantine keeps
-CHUNK_BYTES = 1 << 16  # one read of the input
 PIECE_READ_BYTES = 1 << 20  # one read while looking for a separator
 MAX_NESTING = 256  # deeper JSON would overflow the stack when its metadata is written
 BOM = b"\xef\xbb\xbf"
 SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # only such a line can hold a lone one
-READ_ERRORS = (OSError, EOFError, zlib.error, zstandard.ZstdError)
 ARROW_ERRORS = (pa.ArrowException, OSError, ValueError, OverflowError)
 
 
@@ -133,7 +130,7 @@ class ShardReader:
         try:
             f = open_binary(shard.path)
         except OSError as e:
-            yield self.reject(f"{self.where}:0", "unreadable_file", _message(e))
+            yield self.reject(f"{self.where}:0", "unreadable_file", error_message(e))
             return
         with f:
             if shard.start:
@@ -142,7 +139,7 @@ class ShardReader:
             expected = None
             if compression_of(shard.path) is None:
                 expected = (shard.end if shard.end >= 0 else shard.size) - shard.start
-            stream = _Stream(f, limit, expected)
+            stream = DamageAwareStream(f, limit, expected)
             if shard.start == 0 and stream.is_empty():
                 yield self.reject(f"{self.where}:0", "empty_file", "the file holds no bytes")
             elif fmt == "jsonl":
@@ -152,7 +149,7 @@ class ShardReader:
             else:
                 yield from self._separated(stream)
 
-    def _lines(self, stream: _Stream) -> Iterator[tuple[int, bytes, str]]:
+    def _lines(self, stream: DamageAwareStream) -> Iterator[tuple[int, bytes, str]]:
         """(line number, bytes, kind) for each line of the range. kind is "ok", "too_long" (the
         line is cut to max_line_bytes and its rest skipped, so memory stays flat) or
         "damaged" (the stream failed inside it, or after the last line: then it is empty)."""
@@ -174,7 +171,7 @@ class ShardReader:
         if stream.damage:
             yield line_no + 1, b"", "damaged"
 
-    def _jsonl(self, stream: _Stream) -> Iterator[Doc | Drop]:
+    def _jsonl(self, stream: DamageAwareStream) -> Iterator[Doc | Drop]:
         for line_no, line, kind in self._lines(stream):
             location = f"{self.where}:{line_no}"
             if kind == "too_long":
@@ -197,7 +194,7 @@ class ShardReader:
         except json.JSONDecodeError as e:
             return self.reject(location, "malformed_json", f"{e.msg} at column {e.colno}", shown)
         except (ValueError, RecursionError) as e:  # a number of over 4300 digits, deep nesting
-            return self.reject(location, "malformed_json", _message(e), shown)
+            return self.reject(location, "malformed_json", error_message(e), shown)
         if not isinstance(record, dict):
             detail = f"a JSON {type(record).__name__}, not an object"
             return self.reject(location, "not_an_object", detail, shown)
@@ -216,7 +213,7 @@ class ShardReader:
                 return self.reject(location, "lone_surrogate", detail, shown, doc_id)
         return self.make_doc(record, location, f"{self.shard.id_prefix}:{line_no}")
 
-    def _whole_file(self, stream: _Stream) -> Drop | Doc:
+    def _whole_file(self, stream: DamageAwareStream) -> Drop | Doc:
         location = f"{self.where}:1"
         data = stream.read(self.max_line_bytes + 1)
         if stream.damage:
@@ -242,7 +239,7 @@ class ShardReader:
         shard = self.shard
         return Doc(doc_id, text, shard.source, location, shard.weight)
 
-    def _separated(self, stream: _Stream) -> Iterator[Doc | Drop]:
+    def _separated(self, stream: DamageAwareStream) -> Iterator[Doc | Drop]:
         """Documents between occurrences of the separator; blank pieces are separators too.
         CRLF line ends are read as LF, so a Windows file splits like any other."""
         sep = self.shard.separator.replace("\r\n", "\n").encode("utf-8")  # type: ignore[union-attr]
@@ -308,7 +305,7 @@ class ShardReader:
             pf = pq.ParquetFile(shard.path)
             groups = pf.metadata.num_row_groups
         except ARROW_ERRORS as e:
-            yield self.reject(f"{self.where}:0", "unreadable_parquet", _message(e))
+            yield self.reject(f"{self.where}:0", "unreadable_parquet", error_message(e))
             return
         end = groups if shard.end < 0 else shard.end
         if end > groups:
@@ -329,7 +326,7 @@ class ShardReader:
             try:
                 batch = next(batches, None)
             except ARROW_ERRORS as e:
-                detail = f"row group {group} cannot be read: {_message(e)}"
+                detail = f"row group {group} cannot be read: {error_message(e)}"
                 end = first_row + pf.metadata.row_group(group).num_rows
                 for row in range(first_row + done, end):
                     yield self.reject(f"{self.where}:{row}", "unreadable_row", detail)
@@ -354,7 +351,7 @@ class ShardReader:
                         yield from self._batch(batch, path, id_prefix, row)
                         row += batch.num_rows
             except ARROW_ERRORS as e:
-                detail = f"{safe_str(arrow.name)} cannot be read from here on: {_message(e)}"
+                detail = f"{safe_str(arrow.name)} cannot be read from here on: {error_message(e)}"
                 yield self.reject(f"{path}:{row}", "unreadable_arrow", detail)
             rows[split] = row
 
@@ -378,101 +375,9 @@ class ShardReader:
                     record = batch.slice(k, 1).to_pylist()[0]
                 except ARROW_ERRORS as e:
                     reason = "undecodable" if isinstance(e, UnicodeDecodeError) else "bad_value"
-                    yield self.reject(location, reason, _message(e))
+                    yield self.reject(location, reason, error_message(e))
                     continue
             yield self.make_doc(record, location, f"{id_prefix}:{row}")
-
-
-class _Stream:
-    """Bounded reads of a shard's bytes that end cleanly when the file fails: every byte
-    before the failure is delivered, then `damage` holds (reason, detail)."""
-
-    def __init__(self, f: IO[bytes], limit: int | None, expected: int | None):
-        self.f = f
-        self.limit = limit  # bytes the shard covers; None: to the end of the file
-        self.expected = expected  # bytes the plan saw (None for a compressed file)
-        self.used = 0
-        self.buffer = bytearray()
-        self.ended = False
-        self.damage: tuple[str, str] | None = None
-
-    def _fill(self) -> bool:
-        """Append the next chunk to the buffer; False once the stream has ended."""
-        want = CHUNK_BYTES if self.limit is None else min(CHUNK_BYTES, self.limit - self.used)
-        if self.ended or want <= 0:
-            self.ended = True
-            return False
-        try:
-            chunk = self.f.read1(want)  # one raw read: a failure loses no earlier bytes
-        except READ_ERRORS as e:
-            self.damage = (_damage_reason(e), f"{_message(e)}; nothing after this was read")
-            chunk = b""
-        if chunk:
-            self.used += len(chunk)
-            self.buffer += chunk
-            return True
-        self.ended = True
-        if self.damage is None and self.expected is not None and self.used < self.expected:
-            self.damage = (
-                "file_changed",
-                f"the file ended {self.expected - self.used} bytes before the planned end: "
-                "it was truncated or replaced during the run",
-            )
-        return False
-
-    def _take(self, n: int) -> bytes:
-        with memoryview(self.buffer) as view:
-            out = bytes(view[:n])  # one copy (a bytearray slice would be a second)
-        del self.buffer[:n]
-        return out
-
-    def is_empty(self) -> bool:
-        """Whether the stream holds no bytes at all (and did not fail)."""
-        return not self.buffer and not self._fill() and self.damage is None
-
-    def readline(self, limit: int) -> bytes:
-        """The next line with its newline, cut at `limit` bytes; b"" at the end."""
-        scanned = 0
-        while True:
-            hit = self.buffer.find(b"\n", scanned, limit)
-            if hit >= 0:
-                return self._take(hit + 1)
-            scanned = min(len(self.buffer), limit)
-            if len(self.buffer) >= limit or not self._fill():
-                return self._take(limit)
-
-    def skip_line(self) -> None:
-        """Drop the bytes up to and including the next newline, a chunk at a time."""
-        while True:
-            hit = self.buffer.find(b"\n")
-            if hit >= 0:
-                del self.buffer[: hit + 1]
-                return
-            self.buffer.clear()
-            if not self._fill():
-                return
-
-    def read(self, n: int) -> bytes:
-        """Up to `n` bytes; fewer only at the end."""
-        while len(self.buffer) < n and self._fill():
-            pass
-        return self._take(n)
-
-
-def _damage_reason(error: BaseException) -> str:
-    if isinstance(error, EOFError):
-        return "truncated"
-    if isinstance(error, OSError) and error.errno is not None:
-        return "read_error"
-    return "corrupt"
-
-
-def _message(error: BaseException) -> str:
-    """An error's first line, without the file name (the location names the file)."""
-    if isinstance(error, OSError) and error.strerror:
-        return error.strerror
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _shown_record(record: dict) -> str:

@@ -35,7 +35,7 @@ MEANINGS = {400: "bad JSON, a bad field, a prompt too long or refused by a filte
 
 class SafeJSONResponse(JSONResponse):
     """JSON that any text survives: a lone surrogate, which UTF-8 cannot encode, goes out
-    as its \\uXXXX escape instead of failing the response."""
+    as its backslash escape (\\ud800) instead of failing the response."""
 
     def render(self, content: Any) -> bytes:
         try:

@@ -48,12 +48,12 @@ from lmforge.serve.safety import (
     ShownLogprob,
     StreamRedactor,
 )
+from lmforge.serve.sse import DISCONNECTED, merge_choices, sse, unless_disconnected
 from lmforge.serve.variants import ModelGroup, Registry, Variant
 from lmforge.tokenizer.chat import TemplateRenderError
 
 log = logging.getLogger("lmforge.serve")
 Body = api.CompletionRequest | api.ChatCompletionRequest
-DISCONNECTED = "the client disconnected"
 LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")  # valid JSON, not a character
 
 
@@ -245,7 +245,7 @@ class Generation:
     # ---- answering at once -------------------------------------------------------------
 
     async def _answer(self, job: Job, request: Request) -> JSONResponse:
-        error = await _unless_disconnected(request, self._collect(job.run))
+        error = await unless_disconnected(request, self._collect(job.run))
         if error == DISCONNECTED:
             job.record.status = CLIENT_CLOSED
             self._close(job, DISCONNECTED)
@@ -313,22 +313,22 @@ class Generation:
         try:
             if job.chat:
                 for i in range(len(run.seqs)):
-                    yield _sse(api.chat_chunk(rid, created, body.model, i,
+                    yield sse(api.chat_chunk(rid, created, body.model, i,
                                               {"role": "assistant", "content": ""}, None, None))
-            async for index, delta in _merge(run.pending):
+            async for index, delta in merge_choices(run.pending):
                 if delta.error:
                     run.take(index, delta)
                     error = delta.error
-                    yield _sse(APIError(500, f"generation failed: {delta.error}",
+                    yield sse(APIError(500, f"generation failed: {delta.error}",
                                         "generation_failed").body())
                     break
                 chunk = self._chunk(job, rid, created, index, delta, echoed)
                 if chunk is not None:
-                    yield _sse(chunk)
+                    yield sse(chunk)
             else:
                 error = None
                 if body.include_usage:
-                    yield _sse(api.usage_chunk(rid, created, body.model, obj,
+                    yield sse(api.usage_chunk(rid, created, body.model, obj,
                                                run.prompt_tokens, sum(run.completion_tokens)))
             yield "data: [DONE]\n\n"
         finally:
@@ -454,58 +454,3 @@ def _audit_prompt(body: Body) -> str:
     if len(prompts) == 1 and isinstance(prompts[0], str):
         return prompts[0]
     return json.dumps(prompts, ensure_ascii=False)
-
-
-def _sse(payload: dict[str, Any]) -> str:
-    return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n"
-
-
-async def _merge(pending: list[tuple[AsyncIterator[Delta], Delta]]
-                 ) -> AsyncIterator[tuple[int, Delta]]:
-    """(choice index, delta) from every choice as they come; first deltas go first."""
-    for index, (_, first) in enumerate(pending):
-        yield index, first
-    live = [(i, it) for i, (it, first) in enumerate(pending) if first.finish_reason is None]
-    if len(live) == 1:
-        index, it = live[0]
-        async for delta in it:
-            yield index, delta
-        return
-    inbox: asyncio.Queue[tuple[int, Delta | None]] = asyncio.Queue()
-
-    async def pump(index: int, it: AsyncIterator[Delta]) -> None:
-        async for delta in it:
-            await inbox.put((index, delta))
-        await inbox.put((index, None))
-
-    tasks = [asyncio.ensure_future(pump(i, it)) for i, it in live]
-    try:
-        remaining = len(tasks)
-        while remaining:
-            index, delta = await inbox.get()
-            if delta is None:
-                remaining -= 1
-            else:
-                yield index, delta
-    finally:
-        for task in tasks:
-            task.cancel()
-
-
-async def _unless_disconnected(request: Request, work: Any) -> str | None:
-    """Await `work`; DISCONNECTED (and `work` cancelled) if the client leaves first."""
-    task = asyncio.ensure_future(work)
-
-    async def gone() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    watcher = asyncio.ensure_future(gone())
-    try:
-        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if task in done:
-            return task.result()
-        task.cancel()
-        return DISCONNECTED
-    finally:
-        watcher.cancel()
