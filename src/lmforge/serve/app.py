@@ -196,7 +196,7 @@ def _not_ready(state: ServerState) -> str | None:
 
 def _card(group) -> dict:
     primary = group.primary
-    return api.model_card(group.name, primary.loaded_at, primary.engine.context)
+    return api.model_card(group.name, primary.loaded_at, primary.engine.context, group.parent)
 
 
 def _check_logprobs(caller: Caller, wanted: bool) -> None:

@@ -26,6 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--auth", metavar="DB", help="turn access control on with this key store")
     serve.add_argument("--name", help="model id clients send (default: the run's name)")
     serve.add_argument("--tokenizer", help="tokenizer dir (default: found next to the model)")
+    serve.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR",
+                       help="also serve this PEFT LoRA adapter of PATH as model NAME, over "
+                       "the same weights (repeatable)")
     serve.add_argument("--device", help="cpu, cuda or cuda:N")
     serve.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
     serve.add_argument("--max-batch", type=int, help="sequences decoded together")
@@ -88,6 +91,10 @@ def _serve(args: argparse.Namespace, overrides: list[str]) -> int:
                                        path=Path(path))]
         if args.tokenizer:
             updates["models"][0].variants[0].tokenizer = Path(args.tokenizer)
+        updates["models"][0].adapters = [_adapter(a) for a in args.adapter]
+    elif args.adapter:
+        raise UserError("--adapter needs a PATH to serve it over; in a config, list adapters "
+                        "under the model's adapters:")
     engine = {k: v for k, v in (("device", args.device), ("dtype", args.dtype),
                                 ("max_batch", args.max_batch), ("max_queue", args.max_queue))
               if v is not None}
@@ -106,6 +113,22 @@ def _serve(args: argparse.Namespace, overrides: list[str]) -> int:
         raise UserError(describe_validation_error(e, type(sc), "serve")) from None
     serve(final)
     return 0
+
+
+def _adapter(arg: str):
+    from pydantic import ValidationError
+
+    from lmforge.serve.config import AdapterSpec
+
+    name, sep, path = arg.partition("=")
+    if not sep or not name or not path:
+        raise UserError(f"--adapter {arg!r}: write it as NAME=DIR, e.g. --adapter sql=runs/sql/"
+                        "finetune/adapter")
+    try:
+        return AdapterSpec(name=name, path=Path(path))
+    except ValidationError:
+        raise UserError(f"--adapter {arg!r}: a model id is letters, digits and _ . : / -"
+                        ) from None
 
 
 def _dump(value):

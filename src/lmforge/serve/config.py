@@ -9,6 +9,8 @@
             - {name: primary, path: runs/demo, weight: 95}
             - {name: candidate, path: runs/demo-v2, weight: 5}
           shadow: {name: next, path: runs/demo-v3}   # mirrored and logged, never returned
+          adapters:                        # LoRA adapters of the primary, each its own model id
+            - {name: demo-sql, path: runs/sql/finetune/adapter}
       limits: {requests_per_minute: 60, tokens_per_minute: 20000}
 
 `lmforge serve PATH` needs none of this: flags such as --port and --auth override it, and
@@ -143,11 +145,19 @@ class VariantSpec(Section):
     tokenizer: Path | None = Field(None, description="default: found next to the model")
 
 
+class AdapterSpec(Section):
+    name: str = Field(..., min_length=1, pattern=r"^[\w.:/-]+$",
+                      description="the model id clients send for it")
+    path: Path = Field(..., description="a PEFT LoRA adapter dir of the model's primary")
+
+
 class ModelSpec(Section):
     name: str = Field(..., min_length=1, pattern=r"^[\w.:/-]+$")
     path: Path | None = Field(None, description="shorthand for a single variant named primary")
     variants: list[VariantSpec] = Field(default_factory=list, description="the first is primary")
     shadow: VariantSpec | None = Field(None, description="gets a copy of every request")
+    adapters: list[AdapterSpec] = Field(
+        default_factory=list, description="served over the primary's weights, batched with it")
 
     @model_validator(mode="before")
     @classmethod
@@ -193,9 +203,9 @@ class ServeConfig(Section):
 
     @model_validator(mode="after")
     def _unique_models(self) -> ServeConfig:
-        names = [m.name for m in self.models]
+        names = [m.name for m in self.models] + [a.name for m in self.models for a in m.adapters]
         if len(set(names)) != len(names):
-            raise ValueError(f"model names must differ, got {names}")
+            raise ValueError(f"model and adapter names must differ, got {names}")
         return self
 
     def audit_path(self) -> Path:

@@ -1,7 +1,7 @@
 """The engine core: prefill, decode and sampling for every request, in a process of its own.
 
     server process (Engine)                               core process (this module)
-    submit  ── ("add", id, prompt ids, params) ────────▶  EngineCore.add
+    submit  ── ("add", id, prompt ids, params, adapter) ▶  EngineCore.add
     abort   ── ("abort", id) ──────────────────────────▶  EngineCore.abort
     stop    ── ("stop",) ──────────────────────────────▶  finish everything, then exit
             ◀─ ("step", [(id, token, logprob, finish, error), ...], stats) ── each step
@@ -21,6 +21,10 @@ decode in a step, and sample the whole batch at once. The core ends a request at
 `max_tokens`, on a stop token (eos, `<|end|>`) or when the context is full; stop strings are
 found by the frontend, which then aborts the request here.
 
+A request may name a LoRA adapter (an index into the runner's, 0 for the base): its rows get
+that adapter's update in the shared pass, and it reuses only prefixes cached under the same
+adapter (the keys differ).
+
 A request fails alone, never its batch: one that cannot run (a prompt out of the vocabulary
 or the context, sampling parameters out of range) is refused when it is added; a row whose
 logits cannot be sampled fails its request only (the sampler keeps every token in range);
@@ -38,6 +42,7 @@ import torch
 
 from lmforge.model.llama import Transformer
 from lmforge.model.sampling import Sampler, SamplingParams, TokenLogprob, validate
+from lmforge.serve.adapters import ServedAdapter
 from lmforge.serve.config import EngineConfig
 from lmforge.serve.prefix import longest_prefix
 from lmforge.serve.runner import Decode, Runner
@@ -51,10 +56,12 @@ PACK_TOKENS = 1024  # prompt tokens prefilled in one forward (attention is quadr
 
 
 class CoreRequest:
-    __slots__ = ("cached", "generated", "id", "ids", "params", "position", "prompt", "slot")
+    __slots__ = ("adapter", "cached", "generated", "id", "ids", "params", "position", "prompt",
+                 "slot")
 
-    def __init__(self, rid: int, prompt: list[int], params: SamplingParams) -> None:
-        self.id, self.prompt, self.params = rid, prompt, params
+    def __init__(self, rid: int, prompt: list[int], params: SamplingParams,
+                 adapter: int = 0) -> None:
+        self.id, self.prompt, self.params, self.adapter = rid, prompt, params, adapter
         self.slot = -1
         self.position = 0  # tokens in the cache; the next input token goes here
         self.generated = 0
@@ -68,11 +75,12 @@ class CoreRequest:
 
 class EngineCore:
     def __init__(self, model: Transformer, cfg: EngineConfig, dtype: torch.dtype,
-                 stop_token_ids: frozenset[int]) -> None:
+                 stop_token_ids: frozenset[int], adapters: list[ServedAdapter] | tuple = ()
+                 ) -> None:
         device = torch.device(cfg.device)
         self.device = device
         self.stop_token_ids = stop_token_ids
-        self.runner = Runner(model, cfg.max_batch, dtype, device)
+        self.runner = Runner(model, cfg.max_batch, dtype, device, adapters)
         self.sampler = Sampler(cfg.max_batch, model.cfg.vocab, device)
         self.scheduler: Scheduler[CoreRequest] = Scheduler(cfg.max_batch,
                                                            cfg.max_prefill_tokens)
@@ -80,6 +88,7 @@ class EngineCore:
         self.next_tokens = torch.zeros(cfg.max_batch, dtype=torch.long, device=device)
         self.prefix_cache = cfg.prefix_cache
         self.left: list[list[int]] = [[] for _ in range(cfg.max_batch)]  # see _release
+        self.left_adapter = [0] * cfg.max_batch  # the adapter those keys were made with
         self.admitted = [0, 0]  # prompt tokens admitted since the last stats, and reused
         self.refused: list[Output] = []  # requests that cannot run, told at the next step
 
@@ -92,15 +101,17 @@ class EngineCore:
         (prompt, cached), self.admitted = self.admitted, [0, 0]
         return len(self.scheduler.running), self.scheduler.waiting, tokens, prompt, cached
 
-    def add(self, rid: int, prompt: list[int], params: SamplingParams) -> None:
+    def add(self, rid: int, prompt: list[int], params: SamplingParams, adapter: int = 0) -> None:
         """Queue a request, or refuse it (an error output at the next step) when it cannot
         run: checked here, it never reaches a batch."""
         try:
             self._check(rid, prompt, params)
+            if type(adapter) is not int or not 0 <= adapter < len(self.runner.adapters):
+                raise ValueError(f"adapter {adapter!r} is not served")
         except (TypeError, ValueError) as e:
             self.refused.append((rid, -1, None, "error", f"invalid request: {e}"))
             return
-        req = CoreRequest(rid, prompt, params)
+        req = CoreRequest(rid, prompt, params, adapter)
         self.requests[rid] = req
         self.scheduler.add(req)
 
@@ -153,18 +164,20 @@ class EngineCore:
         (copied before this step's forward pass; slots being filled in it offer nothing,
         except a request's own slot, whose old contents need no copy)."""
         joining = {req.slot for req in admitted}
-        holdings = []
+        holdings = []  # (adapter, (slot, tokens, length))
         for slot, left in enumerate(self.left):
             if slot in joining:
                 continue
             running = self.scheduler.running.get(slot)
             if running is not None:
-                holdings.append((slot, running.ids, running.position))
+                holdings.append((running.adapter, (slot, running.ids, running.position)))
             elif left:
-                holdings.append((slot, left, len(left)))
+                holdings.append((self.left_adapter[slot], (slot, left, len(left))))
         for req in admitted:
-            own = (req.slot, self.left[req.slot], len(self.left[req.slot]))
-            slot, length = longest_prefix(req.prompt, [*holdings, own])
+            own = (self.left_adapter[req.slot], (req.slot, self.left[req.slot],
+                                                  len(self.left[req.slot])))
+            same = [held for adapter, held in [*holdings, own] if adapter == req.adapter]
+            slot, length = longest_prefix(req.prompt, same)
             if length and slot != req.slot:
                 self.runner.copy_prefix(slot, req.slot, length)
             req.cached = length
@@ -206,7 +219,11 @@ class EngineCore:
                             max(req.position for req in rows if req is not None) + 1)
         prompts = self.runner.pack([r.slot for r in pack], [r.prompt[r.cached:] for r in pack],
                                    [r.cached for r in pack]) if pack else None
-        return self.runner.step(decode, prompts)
+        adapters = None
+        if len(self.runner.adapters) > 1:
+            adapters = [req.adapter if req is not None else -1 for req in rows]
+            adapters += [r.adapter for r in pack for _ in range(r.prompt_len - r.cached)]
+        return self.runner.step(decode, prompts, adapters)
 
     def _sample(self, rows: list[CoreRequest | None], logits: torch.Tensor,
                 slots: list[int] | None) -> list[Output]:
@@ -259,6 +276,7 @@ class EngineCore:
         (until the slot is reused), which later prompts may start with."""
         if req.slot >= 0 and self.scheduler.running.get(req.slot) is req:
             self.left[req.slot] = req.ids[:min(req.position, self.runner.context - 1)]
+            self.left_adapter[req.slot] = req.adapter
             self.scheduler.release(req)
             self.runner.free(req.slot)
             self.sampler.remove(req.slot)
@@ -266,13 +284,13 @@ class EngineCore:
 
 def run_core(requests: Connection, outputs: Connection, model: Transformer,
              cfg: EngineConfig, dtype: torch.dtype, stop_token_ids: frozenset[int],
-             threads: int) -> None:
+             threads: int, adapters: list[ServedAdapter] | tuple = ()) -> None:
     """The core process's main loop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the frontend's to handle
     torch.set_num_threads(threads)
     try:
         with torch.inference_mode():
-            core = EngineCore(model, cfg, dtype, stop_token_ids)
+            core = EngineCore(model, cfg, dtype, stop_token_ids, adapters)
     except Exception as e:
         outputs.send(("failed", f"{type(e).__name__}: {e}"))
         return

@@ -33,6 +33,7 @@ import torch
 from lmforge.errors import UserError
 from lmforge.model.llama import Transformer
 from lmforge.model.sampling import SamplingParams, TokenLogprob
+from lmforge.serve.adapters import ServedAdapter
 from lmforge.serve.config import EngineConfig
 from lmforge.serve.core import Output, Stats, run_core
 from lmforge.serve.textstream import TextStream
@@ -141,8 +142,10 @@ class EngineRequest:
 class Engine:
     def __init__(self, model: Transformer, decode, cfg: EngineConfig | None = None, *,
                  stop_token_ids: frozenset[int] = frozenset(), dtype: torch.dtype | None = None,
-                 metrics: EngineObserver | None = None, name: str = "model") -> None:
-        """`decode(ids) -> str` turns token ids into text (special tokens left out)."""
+                 metrics: EngineObserver | None = None, name: str = "model",
+                 adapters: list[ServedAdapter] | tuple = ()) -> None:
+        """`decode(ids) -> str` turns token ids into text (special tokens left out);
+        `adapters`: LoRA adapters served over the model's weights (see `adapters`)."""
         self.cfg = cfg or EngineConfig()
         self.name = name
         self.dtype = dtype or resolve_dtype(self.cfg.dtype, visible_device(self.cfg.device))
@@ -151,6 +154,8 @@ class Engine:
         self.stop_token_ids = stop_token_ids
         self.metrics: EngineObserver = metrics or _NoMetrics()
         self._model: Transformer | None = model
+        self._adapters = list(adapters)
+        self.adapter_ids = {a.name: i + 1 for i, a in enumerate(self._adapters)}
         self._decode_text = decode
         self._requests: dict[int, EngineRequest] = {}
         self._lock = threading.Lock()  # guards _requests and the request pipe
@@ -174,11 +179,11 @@ class Engine:
         self._process = ctx.Process(
             target=run_core, name=f"lmforge-engine-{self.name}", daemon=True,
             args=(from_frontend, to_frontend, self._model, self.cfg, self.dtype,
-                  self.stop_token_ids, threads))
+                  self.stop_token_ids, threads, self._adapters))
         self._process.start()
         from_frontend.close()
         to_frontend.close()
-        self._model = None
+        self._model, self._adapters = None, []
         self._from_core = from_core
         if not from_core.poll(START_TIMEOUT_S):
             self._process.kill()
@@ -239,12 +244,16 @@ class Engine:
         return prompt, max_tokens
 
     def submit(self, prompt: list[int], params: SamplingParams,
-               loop: asyncio.AbstractEventLoop | None = None) -> EngineRequest:
-        """Queue a request; its deltas go to `loop` (for `deltas`) or a thread queue (for
-        `follow`). QueueFull when the queue is at its limit, EngineStopped during shutdown;
-        on a dead engine the request ends at once with an error delta."""
+               loop: asyncio.AbstractEventLoop | None = None,
+               adapter: str | None = None) -> EngineRequest:
+        """Queue a request (on `adapter`, one of `adapter_ids`, or the base); its deltas go
+        to `loop` (for `deltas`) or a thread queue (for `follow`). QueueFull when the queue
+        is at its limit, EngineStopped during shutdown; on a dead engine the request ends
+        at once with an error delta."""
         if self._stopping or self._process is None:
             raise EngineStopped(f"model {self.name} is shutting down")
+        if adapter is not None and adapter not in self.adapter_ids:
+            raise ValueError(f"adapter {adapter!r} is not served by {self.name}")
         if len(prompt) + params.max_tokens > self.context:
             raise ContextLengthError("prompt plus max_tokens exceed the context; use fit()")
         stream = TextStream(self._decode_text, prompt, params.stop)
@@ -257,7 +266,8 @@ class Engine:
             if self.dead is None:
                 self._requests[req.id] = req
                 with contextlib.suppress(OSError):  # a dead core: the reader fails it
-                    self._to_core.send(("add", req.id, prompt, params))
+                    self._to_core.send(("add", req.id, prompt, params,
+                                        self.adapter_ids.get(adapter, 0)))
         if req.id not in self._requests and not req.done:
             self._deliver([(req, req.accept(-1, None, "error", self.dead))])
         return req
@@ -272,9 +282,10 @@ class Engine:
                 with contextlib.suppress(OSError):
                     self._to_core.send(("abort", req.id))
 
-    async def stream(self, prompt: list[int], params: SamplingParams) -> AsyncIterator[Delta]:
+    async def stream(self, prompt: list[int], params: SamplingParams,
+                     adapter: str | None = None) -> AsyncIterator[Delta]:
         """Submit and follow one request (see `deltas`)."""
-        req = self.submit(prompt, params, asyncio.get_running_loop())
+        req = self.submit(prompt, params, asyncio.get_running_loop(), adapter)
         async for delta in self.deltas(req):
             yield delta
 
@@ -316,8 +327,9 @@ class Engine:
         """Submit and follow one request from a plain thread (the terminal chat)."""
         yield from self.follow(self.submit(prompt, params))
 
-    def complete(self, prompt: list[int], params: SamplingParams) -> Delta:
-        return self.wait(self.submit(prompt, params))
+    def complete(self, prompt: list[int], params: SamplingParams,
+                 adapter: str | None = None) -> Delta:
+        return self.wait(self.submit(prompt, params, adapter=adapter))
 
     # ---- the reader thread -------------------------------------------------------------
 

@@ -214,7 +214,7 @@ class Generation:
         loop = asyncio.get_running_loop()
         try:
             for ids, params in jobs:
-                seqs.append(engine.submit(ids, params, loop))
+                seqs.append(engine.submit(ids, params, loop, variant.adapter))
         except BaseException as e:  # none queued: the reserved tokens all go back
             for seq in seqs:
                 engine.abort(seq)

@@ -195,9 +195,11 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
-def model_card(name: str, created: int, context: int) -> dict[str, Any]:
+def model_card(name: str, created: int, context: int, parent: str | None = None
+               ) -> dict[str, Any]:
+    """A model's card; an adapter names its base model as `parent` (as vLLM's do)."""
     return {"id": name, "object": "model", "created": created, "owned_by": "lmforge",
-            "max_model_len": context}
+            "max_model_len": context, "root": parent or name, "parent": parent}
 
 
 def completion_logprobs(entries: list[ShownLogprob], offset: int) -> dict[str, Any]:

@@ -26,6 +26,10 @@ the last position of the context (its row is thrown away; its mask row keeps pos
 open, so its softmax stays finite), which keeps the batch a plain slice of every buffer.
 The dummy's key lands where no sequence reads before writing it, so an idle slot keeps the
 keys its last sequence left, for a later prompt that starts the same way (`copy_prefix`).
+
+LoRA adapters (see `adapters`) ride on the same pass: each row names its adapter (0 is the
+base) and each fused matmul adds every adapter's update to its own rows, gathered and
+scattered back; a batch on a single adapter adds it to all rows at once.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lmforge.model.llama import Transformer
+from lmforge.serve.adapters import ServedAdapter
 
 BUCKET = 16
 
@@ -78,11 +83,15 @@ class Pack:
     spans: list[tuple[int, int, int, int, Tensor | None]] | None = None
 
 
+# the adapters of a step's rows: (adapter, its rows, or None for all of them)
+AdapterRows = list[tuple[int, Tensor | None]]
+
+
 class Runner:
     """Slot-based KV cache and forward passes over a `Transformer`'s weights (copied)."""
 
     def __init__(self, model: Transformer, slots: int, dtype: torch.dtype,
-                 device: torch.device) -> None:
+                 device: torch.device, adapters: list[ServedAdapter] | tuple = ()) -> None:
         cfg = model.cfg
         self.cfg, self.slots, self.dtype, self.device = cfg, slots, dtype, device
         self.heads, self.kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
@@ -91,6 +100,10 @@ class Runner:
         self.n_q = self.heads * self.head_dim
         self.n_qk = (self.heads + self.kv_heads) * self.head_dim
         self.layers = [self._layer(block) for block in model.model.layers]
+        # adapter i + 1, per layer: group -> (A^T, B^T * scale); index 0 is the base
+        self.adapters: list[list[dict[str, tuple[Tensor, Tensor]]]] = [[]] + [
+            [{g: (self._own(a), self._own(b)) for g, (a, b) in layer.items()}
+             for layer in adapter.layers] for adapter in adapters]
         self.embed = self._own(model.model.embed_tokens.weight)
         self.norm = self._norm(model.model.norm.weight)
         self.head_t = self._own(model.lm_head.weight).t().contiguous()
@@ -158,12 +171,41 @@ class Runner:
         swapped = qk.unflatten(1, (-1, 2, hd // 2)).flip(2).view(n, -1)
         return qk * cos + swapped * sin
 
-    def _mlp(self, layer: Layer, x: Tensor) -> Tensor:
+    def _mlp(self, i: int, x: Tensor, lora: AdapterRows) -> Tensor:
+        layer = self.layers[i]
         h = self._rms(x, layer.norm_post)
         if layer.moe is not None:
             return x + layer.moe(h)
-        gate, up = torch.mm(h, layer.gate_up_t).chunk(2, dim=-1)
-        return torch.addmm(x, F.silu(gate) * up, layer.down_t)
+        gate_up = torch.mm(h, layer.gate_up_t)
+        self._lora(gate_up, h, i, "gate_up", lora)
+        gate, up = gate_up.chunk(2, dim=-1)
+        act = F.silu(gate) * up
+        return self._lora(torch.addmm(x, act, layer.down_t), act, i, "down", lora)
+
+    def _lora(self, out: Tensor, x: Tensor, layer: int, group: str, lora: AdapterRows
+              ) -> Tensor:
+        """Add each adapter's update of one fused matmul to its rows of `out` (in place)."""
+        for adapter, rows in lora:
+            update = self.adapters[adapter][layer].get(group)
+            if update is None:
+                continue
+            a_t, b_t = update
+            if rows is None:
+                out.addmm_(torch.mm(x, a_t), b_t)
+            else:
+                out.index_add_(0, rows, torch.mm(torch.mm(x.index_select(0, rows), a_t), b_t))
+        return out
+
+    def adapter_rows(self, row_adapters: list[int] | None) -> AdapterRows:
+        """Group a step's rows by adapter (-1: an idle row, whose output is thrown away)."""
+        if not row_adapters:
+            return []
+        used = set(row_adapters) - {-1}
+        if len(used) == 1:
+            only = used.pop()
+            return [(only, None)] if only else []
+        ids = torch.tensor(row_adapters, device=self.device)
+        return [(a, torch.nonzero(ids == a).flatten()) for a in sorted(used) if a]
 
     def _logits(self, x: Tensor) -> Tensor:
         return torch.mm(self._rms(x, self.norm), self.head_t)
@@ -217,24 +259,29 @@ class Runner:
         self.v[:, target, :, :length] = self.v[:, source, :, :length]
 
     @torch.no_grad()
-    def prefill(self, slots: list[int], prompts: list[list[int]]) -> Tensor:
+    def prefill(self, slots: list[int], prompts: list[list[int]],
+                adapters: list[int] | None = None) -> Tensor:
         """Run prompts into their slots (overwriting them) in one forward pass, packed one
-        after the other; each prompt's last-position logits, (P, V)."""
-        return self.step(None, self.pack(slots, prompts))[1]
+        after the other; each prompt's last-position logits, (P, V). `adapters`: each
+        prompt's adapter (default: the base)."""
+        rows = [a for a, p in zip(adapters, prompts, strict=True) for _ in p] if adapters else None
+        return self.step(None, self.pack(slots, prompts), rows)[1]
 
     @torch.no_grad()
-    def decode(self, tokens: Tensor, pos: Tensor, length: int) -> Tensor:
+    def decode(self, tokens: Tensor, pos: Tensor, length: int,
+               adapters: list[int] | None = None) -> Tensor:
         """One new token for each of slots 0..B-1 at its position (`length`: the highest
         position + 1); logits (B, V)."""
-        return self.step(Decode(tokens, pos, length), None)[0]
+        return self.step(Decode(tokens, pos, length), None, adapters)[0]
 
     @torch.no_grad()
-    def step(self, decode: Decode | None, pack: Pack | None
-             ) -> tuple[Tensor | None, Tensor | None]:
+    def step(self, decode: Decode | None, pack: Pack | None,
+             row_adapters: list[int] | None = None) -> tuple[Tensor | None, Tensor | None]:
         """One forward pass over a decode batch, a pack of prompts, or both at once: the
         prompt tokens ride along as extra rows of every matmul and only attention runs
         apart, which saves a pass's per-op costs (on GPUs, its kernel launches).
         Logits of the decode rows (B, V) and of each prompt's last token (P, V).
+        `row_adapters`: the adapter of each input row, decode rows first (None: the base).
 
         A slot in both (a request admitted this step) is a dummy decode row there."""
         b = decode.tokens.size(0) if decode is not None else 0
@@ -245,12 +292,14 @@ class Runner:
         else:
             ids, pos = torch.cat((decode.tokens, pack.ids)), torch.cat((decode.pos, pack.pos))
         views = self._open_decode(decode) if decode is not None else None
+        lora = self.adapter_rows(row_adapters)
         x = F.embedding(ids, self.embed)
         cos, sin = self.rope[pos].split(self.n_qk, dim=1)
         for i, layer in enumerate(self.layers):
             h = self._rms(x, layer.norm_in)
             qkv = torch.mm(h, layer.qkv_t) if layer.qkv_bias is None else torch.addmm(
                 layer.qkv_bias, h, layer.qkv_t)
+            self._lora(qkv, h, i, "qkv", lora)
             qk = self._rope(layer, qkv, cos, sin)
             if pack is None:
                 y = self._attend_decode(views[i], qk, qkv)
@@ -259,8 +308,8 @@ class Runner:
             else:
                 y = torch.cat((self._attend_decode(views[i], qk[:b], qkv[:b]),
                                self._attend_pack(i, qk[b:], qkv[b:], pack)))
-            x = torch.addmm(x, y, layer.o_t)
-            x = self._mlp(layer, x)
+            x = self._lora(torch.addmm(x, y, layer.o_t), y, i, "o", lora)
+            x = self._mlp(i, x, lora)
         if pack is not None:
             self._open_pack(pack)
             x = x[pack.last] if decode is None else torch.cat((x[:b], x[b + pack.last]))

@@ -7,6 +7,10 @@ requests and restarts; the first arm is the primary. An arm whose requests fail
 `failures` times in a row is taken out for `cooldown_s` (its users go to the primary
 meanwhile), and a request that fails on a non-primary arm is retried on the primary. A
 shadow gets a copy of each request after it was answered; its output is only logged.
+
+A model's LoRA adapters (`adapters:`, `--adapter NAME=DIR`) are models of their own, each a
+group with one arm that submits to the primary's engine under its adapter's name: one copy
+of the base weights serves them all, in shared batches (see `adapters`).
 """
 
 from __future__ import annotations
@@ -18,8 +22,15 @@ import time
 from pathlib import Path
 
 from lmforge.errors import UserError
+from lmforge.serve.adapters import read_served_adapter
 from lmforge.serve.artifacts import load_served_model
-from lmforge.serve.config import EngineConfig, FallbackConfig, ModelSpec, VariantSpec
+from lmforge.serve.config import (
+    AdapterSpec,
+    EngineConfig,
+    FallbackConfig,
+    ModelSpec,
+    VariantSpec,
+)
 from lmforge.serve.engine import Engine
 from lmforge.serve.metrics import Metrics
 from lmforge.tokenizer.chat_tokenizer import ChatTokenizer
@@ -29,8 +40,10 @@ log = logging.getLogger("lmforge.serve")
 
 class Variant:
     def __init__(self, model: str, spec: VariantSpec, engine_cfg: EngineConfig,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, adapters: list[AdapterSpec] | None = None) -> None:
         self.model, self.spec, self.name = model, spec, spec.name
+        self.adapter_specs = adapters or []  # served on this variant's engine
+        self.adapter: str | None = None  # the adapter requests on this arm run with
         self.engine_cfg, self.metrics = engine_cfg, metrics
         self.engine: Engine | None = None
         self.tokenizer: ChatTokenizer | None = None
@@ -43,10 +56,11 @@ class Variant:
         """Build the engine (raises UserError when the model cannot be loaded)."""
         loaded = load_served_model(Path(self.spec.path), self.spec.tokenizer)
         tok = loaded.tokenizer
+        adapters = [read_served_adapter(a.name, a.path, loaded.model) for a in self.adapter_specs]
         engine = Engine(loaded.model, tok.decode, self.engine_cfg,
                         stop_token_ids=tok.stop_ids(self.engine_cfg.stop_tokens),
                         metrics=self.metrics.engine(self.model, self.name),
-                        name=f"{self.model}/{self.name}")
+                        name=f"{self.model}/{self.name}", adapters=adapters)
         old = self.engine
         self.engine, self.tokenizer = engine.start(), tok
         self.load_error, self.failures, self.out_until = None, 0, 0.0
@@ -72,19 +86,47 @@ class Variant:
     def state(self) -> dict:
         now = time.monotonic()
         return {"variant": self.name, "path": str(self.spec.path), "weight": self.spec.weight,
+                "adapter": self.adapter,
                 "loaded": self.engine is not None, "load_error": self.load_error,
                 "out_for_s": round(max(0.0, self.out_until - now), 1),
                 "running": self.engine.running if self.engine else 0,
                 "waiting": self.engine.waiting if self.engine else 0}
 
 
+class AdapterVariant(Variant):
+    """An adapter's only arm: its requests go to the base's primary engine (which the base
+    loads, adapter included) under the adapter's name."""
+
+    def __init__(self, spec: AdapterSpec, base: Variant, metrics: Metrics) -> None:
+        super().__init__(spec.name, VariantSpec(name="primary", path=spec.path),
+                         base.engine_cfg, metrics)
+        self.base, self.adapter = base, spec.name
+
+    def load(self) -> None:
+        """Take the base's engine (load the base first)."""
+        self.engine, self.tokenizer = self.base.engine, self.base.tokenizer
+        self.load_error, self.failures, self.out_until = None, 0, 0.0
+        self.loaded_at = self.base.loaded_at
+
+
 class ModelGroup:
     def __init__(self, spec: ModelSpec, engine_cfg: EngineConfig, fallback: FallbackConfig,
                  metrics: Metrics) -> None:
         self.name, self.fallback = spec.name, fallback
-        self.arms = [Variant(spec.name, v, engine_cfg, metrics) for v in spec.variants]
+        self.parent: str | None = None  # an adapter's base model
+        self.arms = [Variant(spec.name, v, engine_cfg, metrics,
+                             spec.adapters if i == 0 else None)
+                     for i, v in enumerate(spec.variants)]
         self.shadow = (Variant(spec.name, spec.shadow, engine_cfg, metrics)
                        if spec.shadow is not None else None)
+
+    @classmethod
+    def for_adapter(cls, spec: AdapterSpec, base: ModelGroup, metrics: Metrics) -> ModelGroup:
+        """An adapter of `base` as a model of its own: one arm, no shadow."""
+        group = cls(ModelSpec(name=spec.name, path=spec.path), base.primary.engine_cfg,
+                    base.fallback, metrics)
+        group.parent, group.arms = base.name, [AdapterVariant(spec, base.primary, metrics)]
+        return group
 
     @property
     def primary(self) -> Variant:
@@ -116,12 +158,15 @@ class ModelGroup:
         return chosen if chosen.available(time.monotonic()) else self.primary
 
     def stop(self, timeout: float) -> None:
+        if self.parent is not None:
+            return  # the base's engine: the base stops it
         for variant in [*self.arms, *([self.shadow] if self.shadow else [])]:
             if variant.engine is not None:
                 variant.engine.stop(timeout)
 
     def state(self) -> dict:
-        return {"model": self.name, "variants": [v.state() for v in self.arms],
+        return {"model": self.name, "parent": self.parent,
+                "variants": [v.state() for v in self.arms],
                 "shadow": self.shadow.state() if self.shadow else None}
 
 
@@ -130,7 +175,11 @@ class Registry:
 
     def __init__(self, specs: list[ModelSpec], engine_cfg: EngineConfig,
                  fallback: FallbackConfig, metrics: Metrics) -> None:
-        self.groups = {s.name: ModelGroup(s, engine_cfg, fallback, metrics) for s in specs}
+        self.groups: dict[str, ModelGroup] = {}
+        for spec in specs:  # a base before its adapters, which take its engine
+            base = self.groups[spec.name] = ModelGroup(spec, engine_cfg, fallback, metrics)
+            for adapter in spec.adapters:
+                self.groups[adapter.name] = ModelGroup.for_adapter(adapter, base, metrics)
 
     def load(self) -> None:
         for group in self.groups.values():
@@ -140,8 +189,12 @@ class Registry:
         return self.groups.get(name)
 
     def reload(self, name: str) -> None:
-        """Reload a model's variants from disk (a blocking call: run it off the event loop)."""
-        self.groups[name].load()
+        """Reload a model's variants from disk (a blocking call: run it off the event loop);
+        an adapter or its base reloads both, and the base's other adapters."""
+        base = self.groups[name].parent or name
+        for group in self.groups.values():
+            if group.name == base or group.parent == base:
+                group.load()
 
     def ready(self) -> bool:
         return bool(self.groups) and all(g.primary.engine is not None
