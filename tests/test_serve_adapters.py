@@ -21,7 +21,7 @@ from lmforge.serve.adapters import read_served_adapter
 from lmforge.serve.app import build_app
 from lmforge.serve.artifacts import load_served_model
 from lmforge.serve.config import EngineConfig, ServeConfig
-from lmforge.serve.runner import Decode, Runner
+from lmforge.serve.runner import Runner
 from test_serve_support import ServerThread, chat_text, make_model_dir, one_thread  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -61,9 +61,9 @@ def test_runner_adds_each_rows_adapter_in_one_pass(tmp_path: Path) -> None:
     seqs = [[1, 5, 9, 3], [1, 5, 9, 3, 7, 2], [4, 4, 8]]  # slots 0, 1, 2 on adapters 0, 1, 2
     logits = runner.prefill([0, 1, 2], seqs, adapters=[0, 1, 2])
     assert_rows_match(merged, [0, 1, 2], seqs, logits)
-    for step in range(4):
+    for _ in range(4):
         tokens = [int(row.argmax()) for row in logits] + [0]
-        seqs = [s + [t] for s, t in zip(seqs, tokens, strict=False)]
+        seqs = [[*s, t] for s, t in zip(seqs, tokens, strict=False)]
         pos = torch.tensor([len(s) - 1 for s in seqs] + [runner.context - 1])
         logits = runner.decode(torch.tensor(tokens), pos, max(len(s) for s in seqs),
                                adapters=[0, 1, 2, -1])[:3]

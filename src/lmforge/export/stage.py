@@ -22,16 +22,21 @@ from lmforge.progress import console
 def export_model(source: Path, out: Path, dtype: str = "float32", max_shard_mb: float = 5000.0,
                  tokenizer: Path | None = None, merge_lora: bool = False) -> dict[str, Any]:
     """Load any model lmforge reads (run, checkpoint, model dir, HF dir, fine-tuned run or
-    adapter dir) and write it out. An adapter is folded into the weights with `merge_lora`,
-    else the base is written and the adapter copied to out/adapter (PEFT loads the pair)."""
+    adapter dir) and write it out. A LoRA adapter is folded into the weights with
+    `merge_lora`, else the base is written and the adapter copied to out/adapter (PEFT loads
+    the pair); so is a prompt-tuning adapter always (virtual tokens have no weights to fold
+    into)."""
     from lmforge.export.hf import write_hf_model
     from lmforge.model.files import find_tokenizer, load_model
     from lmforge.model.lora import lora_modules
     from lmforge.model.lora import merge_lora as merge
     from lmforge.model.peft import read_config
+    from lmforge.model.prompt_tuning import prompt_prefix
 
     model, loaded_from = load_model(source)
-    adapter = loaded_from if lora_modules(model) else None
+    if prompt_prefix(model):
+        merge_lora = False
+    adapter = loaded_from if lora_modules(model) or prompt_prefix(model) else None
     base = None if adapter is None else Path(read_config(adapter)["base_model_name_or_path"])
     tokenizer_dir = tokenizer
     if tokenizer_dir is None:  # next to the model, else (an adapter's) next to its base

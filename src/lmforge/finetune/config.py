@@ -24,11 +24,18 @@ class LoraSection(Section):
     rslora: bool = Field(False, description="scale by alpha / sqrt(rank) (rank-stabilized)")
 
 
+class PromptTuningSection(Section):
+    virtual_tokens: int = Field(20, ge=1, description="N trained embeddings before each input")
+    init_text: str | None = Field(
+        None, description="start from this text's token embeddings (cycled to N); default: "
+        "N embeddings of vocabulary tokens drawn with the seed")
+
+
 class FinetuneConfig(TrainConfig):
     enabled: bool = Field(False, description="lmforge run fine-tunes after pretraining")
-    method: Literal["full", "lora", "qlora"] = Field(
+    method: Literal["full", "lora", "qlora", "prompt_tuning"] = Field(
         "lora", description="full: every weight; lora: adapters only; qlora: adapters over a "
-        "4/8-bit frozen base")
+        "4/8-bit frozen base; prompt_tuning: N virtual tokens only")
     data: list[str] = Field(
         default_factory=list,
         description="JSONL files (globs allowed) of messages, instruction/output or "
@@ -39,6 +46,7 @@ class FinetuneConfig(TrainConfig):
         8, ge=0, description="held-out prompts answered greedily at each eval (stop rate)")
     lora: LoraSection = Field(default_factory=LoraSection)
     qlora_bits: Literal[4, 8] = Field(4, description="qlora: base weights in NF4 or int8")
+    prompt_tuning: PromptTuningSection = Field(default_factory=PromptTuningSection)
     block_size: int | None = Field(  # type: ignore[assignment]
         None, ge=1, description="tokens per packed row; default: the base's max_seq_len")
     max_steps: int = Field(200, ge=1, description="optimizer steps")

@@ -79,6 +79,11 @@ def split_examples(kept: list[tuple[Example, Encoded]], fraction: float, seed: i
     return train, val
 
 
+def with_prefix(examples: list[Encoded], prefix: list[int]) -> list[Encoded]:
+    """The examples with `prefix` (prompt tuning's virtual tokens, no loss) in front."""
+    return [Encoded(prefix + e.ids, [False] * len(prefix) + e.trained) for e in examples]
+
+
 def reply_prompts(val: list[Encoded], count: int) -> list[list[int]]:
     """The first assistant turn's prompt of the first `count` held-out examples."""
     return [e.ids[:e.trained.index(True)] for e in val[:count]]

@@ -14,6 +14,7 @@ from lmforge.finetune.examples import read_examples
 from lmforge.io import atomic_write_json, atomic_write_text, write_failed
 from lmforge.model.files import find_tokenizer, load_model, save_model_dir
 from lmforge.model.lora import LoraSpec, add_lora, quantize_base, resolve_targets
+from lmforge.model.prompt_tuning import add_prompt_tuning, initial_prompt
 from lmforge.progress import console
 from lmforge.tokenizer.chat_tokenizer import ChatTokenizer
 
@@ -26,11 +27,21 @@ def lora_spec(cfg: Config) -> LoraSpec:
                     targets=resolve_targets(lora.targets), rslora=lora.rslora)
 
 
-def adapter_hook(cfg: Config):
+def adapter_hook(cfg: Config, tok: ChatTokenizer):
     """The change the method makes to the built model (None for full fine-tuning)."""
     method = cfg.finetune.method
     if method == "full":
         return None
+    if method == "prompt_tuning":
+        pt = cfg.finetune.prompt_tuning
+        init_ids = tok.encode(pt.init_text) if pt.init_text else None
+
+        def prefix(model) -> None:
+            embed = model.model.embed_tokens
+            add_prompt_tuning(model, initial_prompt(embed, pt.virtual_tokens, init_ids,
+                                                    cfg.finetune.seed))
+
+        return prefix
     spec = lora_spec(cfg)
 
     def adapt(model) -> None:
@@ -60,11 +71,18 @@ def finetune(cfg: Config, out_dir: Path, base: Path, resume: bool) -> dict[str, 
     tcfg = fcfg.model_copy(update={"block_size": block})
     end_of_turn = tok.end_of_turn_id
     examples, drops = read_examples(fcfg.data, fcfg.format)
-    kept, rejected = stage.prepare_examples(examples, tok, block, end_of_turn)
+    virtual = fcfg.prompt_tuning.virtual_tokens if fcfg.method == "prompt_tuning" else 0
+    if virtual >= block:
+        raise UserError(f"finetune.prompt_tuning.virtual_tokens {virtual} leaves no room in "
+                        f"blocks of {block} tokens; use fewer")
+    kept, rejected = stage.prepare_examples(examples, tok, block - virtual, end_of_turn)
     rejected = [{"id": d.id, "location": d.location, "step": "read", "reason": d.reason,
                  "detail": d.detail} for d in drops] + rejected
     train, val = stage.split_examples(kept, fcfg.val_fraction, fcfg.seed)
-    prompts = stage.reply_prompts(val, fcfg.eval_prompts)
+    prompts = stage.reply_prompts(val, fcfg.eval_prompts)  # generate() adds any prefix
+    if virtual:  # each example starts with the virtual tokens, which carry no loss
+        prefix = list(range(model.cfg.vocab, model.cfg.vocab + virtual))
+        train, val = (stage.with_prefix(train, prefix), stage.with_prefix(val, prefix))
     objective = SFTObjective(train, val, prompts, tcfg, model.cfg.vocab, end_of_turn)
 
     resume_from = resume_state = None
@@ -80,7 +98,7 @@ def finetune(cfg: Config, out_dir: Path, base: Path, resume: bool) -> dict[str, 
                   f"{len(val)} val examples of {len(examples) + len(drops)} records")
     trainer = Trainer(tcfg, model.cfg, objective, out_dir, name=stage.STAGE_NAME,
                       record=cfg.model_dump(mode="json"), init_state=model.state_dict(),
-                      adapt=adapter_hook(cfg))
+                      adapt=adapter_hook(cfg, tok))
     del model
     try:
         summary = trainer.fit(resume_from, resume_state)
@@ -94,7 +112,7 @@ def finetune(cfg: Config, out_dir: Path, base: Path, resume: bool) -> dict[str, 
 
 def write_outputs(trainer: Any, cfg: Config, summary: dict[str, Any], tokenizer_dir: Path,
                   base: str, tok: ChatTokenizer) -> None:
-    from lmforge.model.peft import save_lora_adapter
+    from lmforge.model.peft import save_lora_adapter, save_prompt_adapter
     from lmforge.train import checkpoint
     from lmforge.train.monitor import plot_losses, read_metrics
     from lmforge.train.stage import copy_tokenizer
@@ -105,6 +123,8 @@ def write_outputs(trainer: Any, cfg: Config, summary: dict[str, Any], tokenizer_
     copy_tokenizer(tokenizer_dir, out)
     if cfg.finetune.method == "full":
         save_model_dir(out / "model", checkpoint.model_state(trainer.model), trainer.model_cfg)
+    elif cfg.finetune.method == "prompt_tuning":
+        save_prompt_adapter(out / "adapter", trainer.model, base)
     else:
         save_lora_adapter(out / "adapter", trainer.model, lora_spec(cfg), base)
     replies = write_replies(trainer, tok, out / "replies.jsonl")

@@ -5,6 +5,7 @@ the cache. Tokens are chosen by `Sampler` (model/sampling.py), the one the serve
 with, so `lmforge generate` and the API give a seeded request the same tokens. Generation
 ends at a stop token (eos, the chat template's end-of-turn) or at the token limit; when the
 context fills up, the cache is rebuilt from the last half of the window and decoding goes on.
+A prompt-tuned model's virtual tokens go in front of the prompt (and stay there).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 
 from lmforge.model.kv_cache import KVCache
 from lmforge.model.llama import Transformer
+from lmforge.model.prompt_tuning import prompt_prefix
 from lmforge.model.sampling import Sampler, SamplingParams
 
 
@@ -34,8 +36,11 @@ def stream(model: Transformer, prompt: list[int], max_new_tokens: int, temperatu
                             top_p=1.0 if top_p is None else top_p, seed=seed)
     sampler.add([0], [params], [prompt])
     cache = KVCache(cfg, 1, device=device, dtype=model.model.embed_tokens.weight.dtype)
-    context = list(prompt[-cfg.max_seq_len:])
-    logits = model(torch.tensor([context], device=device), cache=cache, last_only=True).logits
+    prefix = prompt_prefix(model)
+    room = cfg.max_seq_len - len(prefix)
+    context = list(prompt[-room:])
+    logits = model(torch.tensor([prefix + context], device=device), cache=cache,
+                   last_only=True).logits
     for _ in range(max_new_tokens):
         tokens, _ = sampler.sample(logits[:, -1])
         token_id = int(tokens[0])
@@ -47,7 +52,7 @@ def stream(model: Transformer, prompt: list[int], max_new_tokens: int, temperatu
         context.append(token_id)
         if cache.length >= cfg.max_seq_len:
             cache.reset()
-            keep = context[-(cfg.max_seq_len // 2):]
+            keep = prefix + context[-(room // 2):]
             logits = model(torch.tensor([keep], device=device), cache=cache, last_only=True).logits
         else:
             logits = model(tokens.view(1, 1), cache=cache, last_only=True).logits

@@ -6,7 +6,8 @@
                                         (prompt tuning: prompt_embeddings)
 
 `peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), ADAPTER)` loads
-what `save_adapter` writes, and `load_adapter` reads what peft saves. What lmforge cannot
+what `save_lora_adapter` and `save_prompt_adapter` write, and `load_adapter_model` reads what
+peft saves. What lmforge cannot
 compute the same way (DoRA, per-module ranks, bias training, modules_to_save, regex
 targets) is a one-line error rather than a silently different model.
 """
@@ -24,6 +25,7 @@ from torch import nn
 from lmforge.errors import UserError
 from lmforge.io import atomic_write_json
 from lmforge.model.lora import LoraSpec, add_lora, lora_state, resolve_targets
+from lmforge.model.prompt_tuning import PromptEmbedding, add_prompt_tuning
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
@@ -55,6 +57,44 @@ def save_lora_adapter(out: Path, model: nn.Module, spec: LoraSpec, base: str | N
     })
 
 
+def save_prompt_adapter(out: Path, model: nn.Module, base: str | None) -> None:
+    """adapter_config.json + adapter_model.safetensors of the model's virtual tokens."""
+    from lmforge.model.files import save_safetensors
+
+    embed = model.model.embed_tokens
+    if not isinstance(embed, PromptEmbedding):
+        raise ValueError("the model has no prompt-tuning prefix to save")
+    out.mkdir(parents=True, exist_ok=True)
+    save_safetensors(out / WEIGHTS, {"prompt_embeddings": embed.prompt_embeddings.detach()
+                                     .to("cpu", torch.float32).contiguous()})
+    atomic_write_json(out / CONFIG, {
+        "peft_type": "PROMPT_TUNING", "task_type": "CAUSAL_LM", "base_model_name_or_path": base,
+        "num_virtual_tokens": embed.virtual_tokens, "token_dim": embed.embedding_dim,
+        "num_transformer_submodules": 1, "num_attention_heads": model.cfg.n_heads,
+        "num_layers": model.cfg.n_layers, "prompt_tuning_init": "SAMPLE_VOCAB",
+        "prompt_tuning_init_text": None, "tokenizer_name_or_path": None,
+        "inference_mode": True,
+    })
+
+
+@torch.no_grad()
+def load_prompt_adapter(directory: Path, model: nn.Module) -> int:
+    """Put the virtual tokens of a PROMPT_TUNING adapter in front of `model`'s inputs;
+    returns how many there are."""
+    config = read_config(directory)
+    if int(config.get("num_transformer_submodules") or 1) != 1:
+        raise UserError(f"{directory}: num_transformer_submodules must be 1 (a decoder-only "
+                        f"model), got {config['num_transformer_submodules']}")
+    tensors = load_file(str(_weights(directory)))
+    prompt = tensors.get("prompt_embeddings")
+    n = int(config.get("num_virtual_tokens") or 0)
+    if prompt is None or prompt.dim() != 2 or prompt.size(0) != n:
+        raise UserError(f"{directory}: expected prompt_embeddings of {n} virtual tokens, found "
+                        f"{None if prompt is None else tuple(prompt.shape)}")
+    add_prompt_tuning(model, prompt)
+    return n
+
+
 def read_config(directory: Path) -> dict[str, Any]:
     path = Path(directory) / CONFIG
     try:
@@ -84,13 +124,17 @@ def lora_spec(config: dict[str, Any], where: Path) -> LoraSpec:
                     targets=resolve_targets(targets), rslora=bool(config.get("use_rslora")))
 
 
-def adapter_tensors(directory: Path) -> dict[str, torch.Tensor]:
-    """The adapter's weights under lmforge's names (PEFT's prefix and `.default` dropped)."""
+def _weights(directory: Path) -> Path:
     path = Path(directory) / WEIGHTS
     if not path.is_file():
         raise UserError(f"{path} is missing; an adapter dir holds {CONFIG} and {WEIGHTS}")
+    return path
+
+
+def adapter_tensors(directory: Path) -> dict[str, torch.Tensor]:
+    """The adapter's weights under lmforge's names (PEFT's prefix and `.default` dropped)."""
     out = {}
-    for name, tensor in load_file(str(path)).items():
+    for name, tensor in load_file(str(_weights(directory))).items():
         name = name.removeprefix(PREFIX).replace(".default.", ".")
         out[name] = tensor
     return out
@@ -135,5 +179,8 @@ def load_adapter_model(adapter_dir: Path, base: Path | None = None,
                             "pass the base model directory")
         base = Path(named)
     model, _ = load_model(base, device)
-    load_lora_adapter(adapter_dir, model)
+    if config["peft_type"] == "PROMPT_TUNING":
+        load_prompt_adapter(adapter_dir, model)
+    else:
+        load_lora_adapter(adapter_dir, model)
     return model.eval(), base

@@ -118,7 +118,7 @@ class EngineCore:
     def _check(self, rid: int, prompt: list[int], params: SamplingParams) -> None:
         if rid in self.requests:
             raise ValueError(f"request id {rid} is already in use")
-        context, vocab = self.runner.context, self.sampler.vocab
+        context, vocab = self.runner.context, self.runner.embed.size(0)  # virtual ids too
         if not 0 < len(prompt) < context:
             raise ValueError(f"the prompt has {len(prompt)} tokens; it must have 1 to "
                              f"{context - 1} (the model's context is {context})")
@@ -231,8 +231,10 @@ class EngineCore:
         a pack's prompts (which start their sampling state here)."""
         requests = [req for req in rows if req is not None]
         try:
-            if slots is not None:
-                self.sampler.add(slots, [r.params for r in rows], [r.prompt for r in rows])
+            if slots is not None:  # penalties count real tokens, not prompt tuning's virtual
+                vocab = self.sampler.vocab
+                self.sampler.add(slots, [r.params for r in rows],
+                                 [[t for t in r.prompt if t < vocab] for r in rows])
             tokens, logprobs = self.sampler.sample(logits, slots)
         except Exception as e:  # not expected (the sampler keeps to its ranges); these only
             return [self._fail(req, f"sampling failed: {type(e).__name__}: {e}")

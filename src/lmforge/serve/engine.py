@@ -32,6 +32,7 @@ import torch
 
 from lmforge.errors import UserError
 from lmforge.model.llama import Transformer
+from lmforge.model.prompt_tuning import prompt_prefix
 from lmforge.model.sampling import SamplingParams, TokenLogprob
 from lmforge.serve.adapters import ServedAdapter
 from lmforge.serve.config import EngineConfig
@@ -149,7 +150,8 @@ class Engine:
         self.cfg = cfg or EngineConfig()
         self.name = name
         self.dtype = dtype or resolve_dtype(self.cfg.dtype, visible_device(self.cfg.device))
-        self.context = model.cfg.max_seq_len
+        self.prefix = prompt_prefix(model)  # prompt tuning's virtual tokens, before each prompt
+        self.context = model.cfg.max_seq_len - len(self.prefix)
         self.vocab = model.cfg.vocab
         self.stop_token_ids = stop_token_ids
         self.metrics: EngineObserver = metrics or _NoMetrics()
@@ -266,7 +268,7 @@ class Engine:
             if self.dead is None:
                 self._requests[req.id] = req
                 with contextlib.suppress(OSError):  # a dead core: the reader fails it
-                    self._to_core.send(("add", req.id, prompt, params,
+                    self._to_core.send(("add", req.id, self.prefix + prompt, params,
                                         self.adapter_ids.get(adapter, 0)))
         if req.id not in self._requests and not req.done:
             self._deliver([(req, req.accept(-1, None, "error", self.dead))])

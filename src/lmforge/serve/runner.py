@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lmforge.model.llama import Transformer
+from lmforge.model.prompt_tuning import PromptEmbedding
 from lmforge.serve.adapters import ServedAdapter
 
 BUCKET = 16
@@ -104,7 +105,9 @@ class Runner:
         self.adapters: list[list[dict[str, tuple[Tensor, Tensor]]]] = [[]] + [
             [{g: (self._own(a), self._own(b)) for g, (a, b) in layer.items()}
              for layer in adapter.layers] for adapter in adapters]
-        self.embed = self._own(model.model.embed_tokens.weight)
+        embed = model.model.embed_tokens  # a prompt-tuned model's virtual rows come after
+        self.embed = self._own(embed.table() if isinstance(embed, PromptEmbedding)
+                               else embed.weight)
         self.norm = self._norm(model.model.norm.weight)
         self.head_t = self._own(model.lm_head.weight).t().contiguous()
         # per position: cos, then sin with rotate_half's sign, over all q and k heads
