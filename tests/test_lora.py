@@ -170,3 +170,19 @@ def test_export_of_an_adapter_merged_or_beside_its_base(tmp_path, merge):
     x = torch.randint(0, model.cfg.vocab, (2, 20))
     assert (logits(hf.eval(), x) - logits(model.eval(), x)).abs().max() < 1e-5
     assert (tmp_path / "out" / "tokenizer.json").is_file()
+
+
+def test_a_frozen_bases_stacked_weights_follow_in_place_changes():
+    """The stacked q/k/v weight a frozen base keeps between steps is rebuilt when a weight
+    changes in place or is replaced."""
+    model = random_model()
+    add_lora(model, SPEC)
+    x = torch.randint(0, 101, (1, 12))
+    before = logits(model, x)
+    fresh = random_model()
+    with torch.no_grad():
+        model.model.layers[0].self_attn.k_proj.weight.mul_(1.5)
+        fresh.model.layers[0].self_attn.k_proj.weight.mul_(1.5)
+    changed = logits(model, x)
+    assert not torch.allclose(before, changed)
+    assert (changed - logits(fresh, x)).abs().max() < 1e-5  # B is zero: the base alone

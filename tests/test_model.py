@@ -131,6 +131,28 @@ def test_loss_ignores_minus_100_targets() -> None:
         torch.testing.assert_close(model(x, y).loss, expected)
 
 
+def test_training_loss_projects_only_the_positions_with_targets() -> None:
+    """In training the vocabulary projection runs on positions with a target only: the loss
+    and every gradient equal those of the whole projection."""
+    model = build(tie_embeddings=False).train()
+    x = torch.randint(0, 37, (3, 10), generator=torch.Generator().manual_seed(8))
+    y = x.roll(-1, dims=1)
+    y[:, :6] = -100
+    out = model(x, y)
+    assert out.logits.shape == (12, 37)
+    out.loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    logits = model(x).logits
+    expected = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten())
+    expected.backward()
+    torch.testing.assert_close(out.loss, expected)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(grads[name], p.grad, msg=name)
+    with torch.no_grad():
+        assert model.eval()(x, y).logits.shape == (3, 10, 37)  # eval keeps every position
+
+
 def test_too_long_sequence_and_small_vocab_are_errors() -> None:
     model = build()
     with pytest.raises(ValueError, match="max_seq_len"):

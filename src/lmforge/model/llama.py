@@ -24,8 +24,11 @@ from lmforge.model.moe import MoE
 EAGER_MAX_KEYS = 512
 
 
+IGNORE = -100  # a target that carries no loss (prompt tokens, padding)
+
+
 class Output(NamedTuple):
-    logits: Tensor
+    logits: Tensor  # (B, T, V); training with IGNORE targets: (N, V), the N others only
     loss: Tensor | None
     aux_loss: Tensor | None
 
@@ -100,11 +103,15 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: b
     """Scaled dot-product attention over (B, H, T, D) queries and (B, H_kv, S, D) keys/values.
     `mask` (True = may attend) broadcasts to (B, H, T, S).
 
-    PyTorch's fused SDPA, except on CPU with short keys: there plain matmul-softmax-matmul
-    (softmax in fp32) runs forward plus backward in about half the time of SDPA's flash
-    kernel in fp32 and a sixth of it in bf16 (T=64, 4 heads of 32).
+    PyTorch's fused SDPA, except for bf16/fp16 on CPU with short keys: there plain
+    matmul-softmax-matmul (softmax in fp32) ran forward plus backward in a sixth of the time
+    of SDPA's flash kernel (T=64, 4 heads of 32). In fp32 SDPA is the faster one (torch 2.13,
+    2 threads: 4.5 vs 5.2 ms at B=12 T=64 4x32, 31 vs 41 ms at B=4 T=256 8x64 with a
+    document mask).
     """
-    if q.device.type != "cpu" or k.size(-2) > EAGER_MAX_KEYS:
+    if q.device.type != "cpu" or k.size(-2) > EAGER_MAX_KEYS or q.dtype == torch.float32:
+        if mask is not None and mask.dtype != torch.bool:
+            mask = mask.to(q.dtype)  # SDPA takes an additive mask in the query's dtype
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
                                               dropout_p=dropout, enable_gqa=k.size(1) != q.size(1))
     if k.size(1) != q.size(1):
@@ -113,7 +120,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: b
     if is_causal:
         bias = causal_bias(q.size(-2), q.device)
     elif mask is not None:
-        bias = torch.zeros(mask.shape, device=q.device).masked_fill_(~mask, float("-inf"))
+        bias = mask if mask.dtype != torch.bool else torch.zeros(
+            mask.shape, device=q.device).masked_fill_(~mask, float("-inf"))
     else:
         bias = torch.zeros((), device=q.device)
     # one op scales, masks and (for bf16 scores) promotes to fp32 for the softmax
@@ -267,10 +275,19 @@ class Transformer(nn.Module):
         x = self.model.norm(x)
         if last_only:
             x = x[:, -1:]
-        logits = self.lm_head(x)
         if targets is None:
-            return Output(logits, None, None)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+            return Output(self.lm_head(x), None, None)
+        # the vocabulary projection only where there is a loss: fine-tuning rows are mostly
+        # prompt (an SFT batch of 4 x 256 had 273 reply tokens), and the projection and its
+        # softmax are the largest single cost of a small model's step
+        flat, h = targets.flatten(), x.flatten(0, 1)
+        keep = flat != IGNORE if self.training else None
+        if keep is not None and not bool(keep.all()):
+            h, flat = h[keep], flat[keep]
+        logits = self.lm_head(h)
+        loss = F.cross_entropy(logits.float(), flat, ignore_index=IGNORE)
+        if logits.size(0) == x.size(0) * x.size(1):
+            logits = logits.view(*x.shape[:2], -1)
         aux = None
         if self.moe_layers:
             aux = sum(m.aux_loss for m in self.moe_layers) / len(self.moe_layers)
@@ -307,5 +324,7 @@ class Transformer(nn.Module):
             if start:
                 raise ValueError("document masks are for training batches, not cached decoding")
             mask = mask & (doc_ids[:, :, None] == doc_ids[:, None, :])
-            return mask.unsqueeze(1), False
+            # additive, made once for all layers (0 where a query may look, -inf elsewhere)
+            bias = torch.zeros(mask.shape, device=device).masked_fill_(~mask, float("-inf"))
+            return bias.unsqueeze(1), False
         return mask, False
