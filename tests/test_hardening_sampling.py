@@ -235,12 +235,12 @@ def poison(victim: int, mode: str):
     def hook(engine_core) -> None:
         step, made = engine_core.runner.step, [0]
 
-        def wrapped(decode, pack):
+        def wrapped(decode, pack, adapters=None):
             req = engine_core.requests.get(victim)
             if mode == "raise" and pack is not None and req is not None \
                     and req.slot in pack.slots.tolist():
                 raise RuntimeError("this prompt breaks the forward pass")
-            logits, first = step(decode, pack)
+            logits, first = step(decode, pack, adapters)
             if mode == "nan" and req is not None and decode is not None \
                     and req.slot < logits.size(0) and req.position > 0:
                 made[0] += 1
@@ -281,11 +281,11 @@ def test_a_decode_pass_that_raises_fails_its_rows_and_the_core_goes_on(served) -
     def once(engine_core) -> None:
         step, raised = engine_core.runner.step, []
 
-        def wrapped(decode, pack):
+        def wrapped(decode, pack, adapters=None):
             if decode is not None and not raised:
                 raised.append(1)
                 raise RuntimeError("out of memory, say")
-            return step(decode, pack)
+            return step(decode, pack, adapters)
 
         engine_core.runner.step = wrapped
 
