@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lmforge.config import Config
+from lmforge.errors import UserError
 from lmforge.io import write_failed
 from lmforge.outputs import remove_outputs
 from lmforge.pipeline import Stage, StageContext
@@ -57,6 +58,11 @@ def pretrainer(cfg: Config, out_dir: Path, tokens_dir: Path,
     """The Trainer of the pretrain stage: the LM objective on the token shards."""
     from lmforge.train.objectives.lm import LMObjective
     from lmforge.train.trainer import Trainer
+
+    if cfg.model.init_from:  # refused, never silently ignored (a model trained from scratch)
+        raise UserError(f"pretraining does not start from model.init_from "
+                        f"({cfg.model.init_from}) yet; fine-tune it with `lmforge finetune`, "
+                        "or unset model.init_from to pretrain from scratch")
 
     objective = LMObjective(tokens_dir, cfg.train, tokenizer_dir)
     return Trainer(cfg.train, cfg.model.with_vocab(objective.vocab_size), objective, out_dir,
