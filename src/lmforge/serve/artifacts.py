@@ -4,7 +4,8 @@
     PATH = runs/demo/pretrain/checkpoints/step_00000500.pt     a checkpoint
     PATH = runs/demo/pretrain/model          a model dir (model_config.json + safetensors)
     PATH = runs/demo/export                  an HF export (config.json + model*.safetensors)
-    PATH = runs/demo/finetune/adapter        a PEFT adapter (served merged into its base)
+    PATH = runs/demo/finetune/adapter        a PEFT adapter: LoRA merged into its base, or
+                                             prompt tuning's virtual tokens before each prompt
 
 A run that fine-tuned serves its fine-tuned model.
 
