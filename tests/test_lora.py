@@ -173,16 +173,18 @@ def test_export_of_an_adapter_merged_or_beside_its_base(tmp_path, merge):
 
 
 def test_a_frozen_bases_stacked_weights_follow_in_place_changes():
-    """The stacked q/k/v weight a frozen base keeps between steps is rebuilt when a weight
-    changes in place or is replaced."""
+    """The stacked q/k/v weight a frozen base keeps between training steps is rebuilt when a
+    weight changes in place or is replaced."""
     model = random_model()
     add_lora(model, SPEC)
     x = torch.randint(0, 101, (1, 12))
-    before = logits(model, x)
+    before = model(x).logits.detach()  # with grad on, as in training: the stack is kept
+    attn = model.model.layers[0].self_attn
+    assert getattr(attn.q_proj, "_fused_weight", None) is not None
     fresh = random_model()
     with torch.no_grad():
-        model.model.layers[0].self_attn.k_proj.weight.mul_(1.5)
+        attn.k_proj.weight.mul_(1.5)
         fresh.model.layers[0].self_attn.k_proj.weight.mul_(1.5)
-    changed = logits(model, x)
+    changed = model(x).logits.detach()
     assert not torch.allclose(before, changed)
     assert (changed - logits(fresh, x)).abs().max() < 1e-5  # B is zero: the base alone

@@ -279,9 +279,10 @@ class Transformer(nn.Module):
             return Output(self.lm_head(x), None, None)
         # the vocabulary projection only where there is a loss: fine-tuning rows are mostly
         # prompt (an SFT batch of 4 x 256 had 273 reply tokens), and the projection and its
-        # softmax are the largest single cost of a small model's step
+        # softmax are the largest single cost of a small model's step. On CPU only: picking
+        # the rows waits for the forward pass, which on a GPU would stall the launch queue
         flat, h = targets.flatten(), x.flatten(0, 1)
-        keep = flat != IGNORE if self.training else None
+        keep = flat != IGNORE if self.training and x.device.type == "cpu" else None
         if keep is not None and not bool(keep.all()):
             h, flat = h[keep], flat[keep]
         logits = self.lm_head(h)
