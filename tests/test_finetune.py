@@ -200,11 +200,17 @@ def test_full_and_qlora_fine_tuning_write_their_outputs(tmp_path, base, method):
     assert summary["method"] == method and summary["steps"] == 4
 
 
+RESUMED = {"lora": {"lora": {"rank": 4, "dropout": 0.1, "targets": ["q_proj", "v_proj"]}},
+           "prompt_tuning": {"method": "prompt_tuning", "lr": 3e-2,
+                             "prompt_tuning": {"virtual_tokens": 4, "init_text": "say"}}}
+
+
 @pytest.mark.slow
-def test_kill_9_then_resume_is_bit_identical(tmp_path, base):
+@pytest.mark.parametrize("method", RESUMED)
+def test_kill_9_then_resume_is_bit_identical(tmp_path, base, method):
     data = write_jsonl(tmp_path / "chat.jsonl", toy_chats(80))
     settings = dict(max_steps=60, ckpt_every=5, eval_every=20, eval_prompts=2,
-                    lora={"rank": 4, "dropout": 0.1, "targets": ["q_proj", "v_proj"]})
+                    **RESUMED[method])
     reference = write_config(tmp_path / "ref.yaml", tmp_path / "ref", base, data, **settings)
     run_cli("finetune", "-c", str(reference))
     expected = read_metrics(tmp_path / "ref" / "finetune" / "metrics.jsonl")

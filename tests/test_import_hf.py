@@ -58,12 +58,3 @@ def test_an_unsupported_architecture_names_the_supported_ones(tmp_path):
     with pytest.raises(UserError, match="supported: llama, mistral, qwen2") as caught:
         load_model(tmp_path)
     assert "\n" not in str(caught.value)
-
-
-def test_pretraining_refuses_init_from_rather_than_ignoring_it(tmp_path):
-    from lmforge.config import validate_config
-    from lmforge.train.stage import pretrainer
-
-    cfg = validate_config({"run": {"dir": str(tmp_path)}, "model": {"init_from": "some/hf"}})
-    with pytest.raises(UserError, match="lmforge finetune"):
-        pretrainer(cfg, tmp_path / "out", tmp_path / "tokens")

@@ -34,8 +34,9 @@ class ModelScorer:
     def __init__(self, spec: str):
         import torch
 
-        from lmforge.model.files import best_checkpoint, find_tokenizer, load_model
+        from lmforge.model.files import best_checkpoint, load_model
         from lmforge.model.tokenizer import load_tokenizer
+        from lmforge.sources import find_tokenizer
 
         torch.set_num_threads(1)  # one per data worker: the workers are the parallelism
         model, source = load_model(best_checkpoint(Path(spec)) or Path(spec))

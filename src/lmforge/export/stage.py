@@ -27,11 +27,12 @@ def export_model(source: Path, out: Path, dtype: str = "float32", max_shard_mb: 
     the pair); so is a prompt-tuning adapter always (virtual tokens have no weights to fold
     into)."""
     from lmforge.export.hf import write_hf_model
-    from lmforge.model.files import find_tokenizer, load_model
+    from lmforge.model.files import load_model
     from lmforge.model.lora import lora_modules
     from lmforge.model.lora import merge_lora as merge
     from lmforge.model.peft import read_config
     from lmforge.model.prompt_tuning import prompt_prefix
+    from lmforge.sources import find_tokenizer
 
     model, loaded_from = load_model(source)
     if prompt_prefix(model):

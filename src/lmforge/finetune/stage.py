@@ -9,8 +9,9 @@
     RUN/finetune/replies.jsonl      greedy replies to held-out prompts at the end
     RUN/finetune/summary.json       final numbers
 
-The base is `model.init_from` (an HF directory, a run, a model dir or a checkpoint), else
-the run's pretrained model.
+The base is the run's pretrained model in `lmforge run` (which continued from `model.init_from`
+when that is set); `lmforge finetune` alone fine-tunes `model.init_from` (an HF directory,
+`hf:ORG/NAME`, a run, a model dir or a checkpoint) directly.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from lmforge.finetune.render import Encoded, Untrainable, encode_conversation
 from lmforge.io import atomic_write_text
 from lmforge.pipeline import Stage, StageContext
 from lmforge.progress import console
+from lmforge.sources import local_path
 from lmforge.tokenizer.chat_tokenizer import ChatTokenizer
 
 STAGE_NAME = "finetune"
@@ -33,12 +35,14 @@ DISPLAY_KEYS = {"tensorboard", "plot", "sample_tokens", "threads", "enabled"}
 
 
 def base_path(cfg: Config, inputs: dict[str, Path]) -> Path:
-    if cfg.model.init_from:
-        return Path(cfg.model.init_from)
-    if "pretrain" not in inputs:
+    """The run's pretrained model when the run has one (in `lmforge run` it continued from
+    model.init_from, if that is set), else model.init_from (`lmforge finetune` alone)."""
+    if "pretrain" in inputs:
+        return inputs["pretrain"] / "model"
+    if not cfg.model.init_from:
         raise UserError("finetune needs a base model: set model.init_from to an HF model "
                         "directory, a run or a checkpoint")
-    return inputs["pretrain"] / "model"
+    return local_path(cfg.model.init_from)
 
 
 def prepare_examples(examples: list[Example], tok: ChatTokenizer, block: int,

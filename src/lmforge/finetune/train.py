@@ -12,10 +12,11 @@ from lmforge.errors import UserError
 from lmforge.finetune import stage
 from lmforge.finetune.examples import read_examples
 from lmforge.io import atomic_write_json, atomic_write_text, write_failed
-from lmforge.model.files import find_tokenizer, load_model, save_model_dir
+from lmforge.model.files import load_model, save_model_dir
 from lmforge.model.lora import LoraSpec, add_lora, quantize_base, resolve_targets
 from lmforge.model.prompt_tuning import add_prompt_tuning, initial_prompt
 from lmforge.progress import console
+from lmforge.sources import find_tokenizer
 from lmforge.tokenizer.chat_tokenizer import ChatTokenizer
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)

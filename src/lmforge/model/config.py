@@ -64,8 +64,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 class ModelConfig(Section):
     preset: str | None = Field(None, description=f"start from a preset: {', '.join(PRESETS)}")
     init_from: str | None = Field(
-        None, description="fine-tune from these weights: an HF model dir, a run dir, a model "
-        "dir or a checkpoint (its architecture and tokenizer come along)")
+        None, description="start from these weights: an HF model dir, hf:ORG/NAME, a run dir, a "
+        "model dir or a checkpoint (its architecture and tokenizer come along); `lmforge run` "
+        "continues pretraining it, `lmforge finetune` fine-tunes it")
     vocab_size: int | None = Field(
         None, ge=2, description="default: the tokenizer's vocabulary size"
     )

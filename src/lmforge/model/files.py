@@ -7,9 +7,11 @@
 `load_model` accepts that directory, an HF export (config.json + model*.safetensors), a
 checkpoint file (.pt), a checkpoints/ directory, a pretrain directory, a PEFT adapter
 directory (its base comes along) or a run directory (its fine-tuned model when the run
-fine-tuned, else its pretrained one);
+fine-tuned, else its pretrained one), or `hf:ORG/NAME[@REVISION]`, a Hub model fetched
+through huggingface_hub's cache (a second use needs no network);
 `best_checkpoint` picks the best checkpoint of a run for those who want it over the final
-weights (serving, perplexity scoring). `find_tokenizer` finds the tokenizer that goes with it.
+weights (serving, perplexity scoring). `lmforge.sources.find_tokenizer` finds the tokenizer
+that goes with it.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from lmforge.model.hf import (
     to_hf_state_dict,
 )
 from lmforge.model.llama import Transformer
+from lmforge.sources import local_path
 
 WEIGHTS = "model.safetensors"
 CONFIG = "model_config.json"
@@ -85,7 +88,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Tr
     file, an HF export dir, or an adapter dir)."""
     from lmforge.train import checkpoint
 
-    path = Path(path)
+    path = local_path(path)
     if not path.exists():
         raise UserError(f"{path} does not exist; pass a run dir, checkpoint, model dir, "
                         "adapter dir or HF export dir")
@@ -130,18 +133,6 @@ def best_checkpoint(path: Path) -> Path | None:
         if (ckpt_dir / checkpoint.BEST).is_file():
             return ckpt_dir / checkpoint.BEST
     return None
-
-
-def find_tokenizer(source: Path) -> Path:
-    """The tokenizer next to a model: its own dir (an export), else the nearest `tokenizer/`
-    walking up (pretrain/tokenizer, then the run's)."""
-    start = source if source.is_dir() else source.parent
-    for directory in (start, *list(start.parents)[:3]):
-        for candidate in (directory, directory / "tokenizer"):
-            if (candidate / "tokenizer.json").is_file():
-                return candidate
-    raise UserError(f"no tokenizer.json found next to {source}; pass --tokenizer DIR "
-                    "(the run's tokenizer directory)")
 
 
 def _load_hf_export(directory: Path) -> Transformer:

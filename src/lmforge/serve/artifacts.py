@@ -18,8 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmforge.model.files import best_checkpoint, find_tokenizer, finetune_dir, load_model
+from lmforge.model.files import best_checkpoint, finetune_dir, load_model
 from lmforge.model.llama import Transformer
+from lmforge.sources import find_tokenizer
 from lmforge.tokenizer.chat_tokenizer import ChatTokenizer
 
 

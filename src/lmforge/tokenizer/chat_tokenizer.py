@@ -22,7 +22,8 @@ class ChatTokenizer:
         config_path = directory / "tokenizer_config.json"
         self.config: dict[str, Any] = (
             json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {})
-        self.chat_template: str | None = self.config.get("chat_template")
+        self.chat_template: str | None = self.config.get("chat_template") or _template_file(
+            directory)
         self.bos_token = self._named("bos_token")
         self.eos_token = self._named("eos_token")
         self.eos_id = self.codec.token_id(self.eos_token) if self.eos_token else None
@@ -65,3 +66,9 @@ class ChatTokenizer:
             raise TemplateRenderError(f"{self.directory} has no chat template")
         specials = {"bos_token": self.bos_token or "", "eos_token": self.eos_token or ""}
         return render_chat(self.chat_template, messages, specials, add_generation_prompt)
+
+
+def _template_file(directory: Path) -> str | None:
+    """The template transformers >= 4.47 saves beside tokenizer_config.json, not inside it."""
+    path = directory / "chat_template.jinja"
+    return path.read_text(encoding="utf-8") if path.is_file() else None

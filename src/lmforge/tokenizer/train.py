@@ -13,6 +13,7 @@ whitespace follow GPT-4's rules. Bytes make every string encodable: no unknown t
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -39,7 +40,8 @@ BPE_PATTERN = (
 )
 ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
 UNK_TOKEN = "<|unk|>"
-FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+         "chat_template.jinja")  # the last only in a copy of a base model's (transformers >= 4.47)
 STAGE_NAME = "tokenizer"
 DEFAULT_CHAT_TEMPLATE = (
     "{{ bos_token }}"
@@ -189,6 +191,23 @@ def save_tokenizer(tokenizer: Tokenizer, cfg: TokenizerConfig, out_dir: Path) ->
     }
     atomic_write_json(out_dir / "tokenizer_config.json", config)
     atomic_write_json(out_dir / "special_tokens_map.json", special_map)
+
+
+def copy_base_tokenizer(base_dir: Path, out_dir: Path) -> dict[str, Any]:
+    """A base model's tokenizer files, byte for byte: continued pretraining keeps the base's
+    ids, and adding tokens (as `tokenizer.path` adoption does) would grow the vocabulary past
+    the base's embedding."""
+    remove_outputs(out_dir, FILES, STAGE_NAME)
+    for name in FILES:
+        if (base_dir / name).is_file():
+            with atomic_path(out_dir / name) as tmp:
+                shutil.copyfile(base_dir / name, tmp)
+    summary = tokenizer_summary(out_dir)
+    stats = {"type": "base", "source": str(base_dir), "vocab_size": summary["vocab_size"],
+             "special_ids": summary["special_ids"]}
+    console.print(f"  tokenizer: the base's, vocabulary {stats['vocab_size']:,} "
+                  f"from {base_dir} -> {out_dir}")
+    return stats
 
 
 def tokenizer_summary(tok_dir: Path) -> dict[str, Any]:

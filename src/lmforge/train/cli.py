@@ -96,8 +96,9 @@ def _pretrain(args: argparse.Namespace, overrides: list[str]) -> int:
 def _generate(args: argparse.Namespace, overrides: list[str]) -> int:
     import torch
 
-    from lmforge.model.files import find_tokenizer, load_model
+    from lmforge.model.files import load_model
     from lmforge.model.generate import stream
+    from lmforge.sources import find_tokenizer
     from lmforge.tokenizer.chat_tokenizer import ChatTokenizer
 
     if args.max_new_tokens < 1:

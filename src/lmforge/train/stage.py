@@ -24,6 +24,7 @@ from lmforge.pipeline import Stage, StageContext
 from lmforge.train.monitor import console
 
 if TYPE_CHECKING:
+    from lmforge.model.config import ModelConfig
     from lmforge.train.trainer import Trainer
 
 # Display-only keys: changing them does not make a trained model stale.
@@ -55,18 +56,35 @@ def copy_tokenizer(tokenizer_dir: Path, out_dir: Path) -> None:
 
 def pretrainer(cfg: Config, out_dir: Path, tokens_dir: Path,
                tokenizer_dir: Path | None = None) -> Trainer:
-    """The Trainer of the pretrain stage: the LM objective on the token shards."""
+    """The Trainer of the pretrain stage: the LM objective on the token shards, from random
+    weights or (model.init_from) from a base model's, whose architecture then replaces the
+    model section's sizes (continued pretraining)."""
     from lmforge.train.objectives.lm import LMObjective
     from lmforge.train.trainer import Trainer
 
-    if cfg.model.init_from:  # refused, never silently ignored (a model trained from scratch)
-        raise UserError(f"pretraining does not start from model.init_from "
-                        f"({cfg.model.init_from}) yet; fine-tune it with `lmforge finetune`, "
-                        "or unset model.init_from to pretrain from scratch")
-
     objective = LMObjective(tokens_dir, cfg.train, tokenizer_dir)
-    return Trainer(cfg.train, cfg.model.with_vocab(objective.vocab_size), objective, out_dir,
-                   name=STAGE_NAME, record=cfg.model_dump(mode="json"))
+    record = cfg.model_dump(mode="json")
+    if not cfg.model.init_from:
+        return Trainer(cfg.train, cfg.model.with_vocab(objective.vocab_size), objective,
+                       out_dir, name=STAGE_NAME, record=record)
+    model_cfg, init_state = base_weights(cfg.model.init_from, objective.vocab_size)
+    return Trainer(cfg.train, model_cfg, objective, out_dir, name=STAGE_NAME, record=record,
+                   init_state=init_state)
+
+
+def base_weights(init_from: str, token_vocab: int) -> tuple[ModelConfig, dict[str, Any]]:
+    """The base's config and weights, refused when the token shards use ids past its
+    embedding (they were encoded with another tokenizer)."""
+    from lmforge.model.files import load_model
+
+    model, loaded_from = load_model(init_from)
+    if token_vocab > model.cfg.vocab:
+        raise UserError(f"the token shards use a {token_vocab:,}-token vocabulary but "
+                        f"{init_from} embeds {model.cfg.vocab:,}; re-run the tokenizer stage so "
+                        "it adopts the base's tokenizer")
+    console.print(f"pretrain: continuing from {loaded_from} (its architecture: "
+                  f"{model.cfg.n_layers} layers, dim {model.cfg.dim}, vocab {model.cfg.vocab:,})")
+    return model.cfg, model.state_dict()
 
 
 def run_pretrain(ctx: StageContext) -> dict[str, Any]:
@@ -108,7 +126,8 @@ STAGE = Stage(
     inputs=("tokenizer", "tokenize"),
     sections=("model", "train"),
     run=run_pretrain,
-    describe="train the Llama-style model on the token shards (resumable, spike-safe)",
+    describe="train the Llama-style model on the token shards, from scratch or from "
+    "model.init_from (resumable, spike-safe)",
     excluded=("checkpoints", "tensorboard"),
     config_fn=_depends_on,
 )
