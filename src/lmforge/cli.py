@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "lmforge.train.cli",
     "lmforge.finetune.cli",
     "lmforge.export.cli",
+    "lmforge.eval.cli",
     "lmforge.serve.cli",
 )
 

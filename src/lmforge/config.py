@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from lmforge.data.config import DataConfig
 from lmforge.errors import UserError
+from lmforge.eval.config import EvalConfig
 from lmforge.export.config import ExportConfig
 from lmforge.finetune.config import FinetuneConfig
 from lmforge.model.config import ModelConfig
@@ -75,6 +76,7 @@ class Config(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
 
 

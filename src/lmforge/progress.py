@@ -66,3 +66,29 @@ def byte_progress(description: str, total_bytes: int) -> Iterator[Callable[[int,
         f"  {description}: {counts['docs']:,} docs, {counts['bytes'] / 1e6:,.1f} MB "
         f"in {time.monotonic() - started:.1f}s"
     )
+
+
+@contextlib.contextmanager
+def count_progress(description: str, total: int, unit: str) -> Iterator[Callable[[int], None]]:
+    """A bar over `total` items (examples, requests) with items per second; yields
+    advance(n)."""
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:,}/{task.total:,}"),
+        RateColumn("done", f"{unit}/s"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+    task = progress.add_task(description, total=max(total, 1), done=0)
+    done = [0]
+
+    def advance(n: int) -> None:
+        done[0] += n
+        progress.update(task, completed=done[0], done=done[0])
+
+    with progress:
+        yield advance

@@ -1,0 +1,1 @@
+"""`lmforge eval`: score a model on generation and classification tasks."""
