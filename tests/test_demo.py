@@ -21,8 +21,10 @@ def test_demo_pipeline_end_to_end(tmp_path, monkeypatch, capsys):
     stats = json.loads((tmp_path / "data" / "stats.json").read_text())
     assert stats["dedup"]["exact_removed"] > 100 and stats["dedup"]["near_removed"] > 10
     assert stats["output"]["train"]["docs"] > 500 and stats["output"]["val"]["docs"] > 10
-    for stage in ("data", "tokenizer", "tokenize", "pretrain", "finetune", "export"):
+    for stage in ("data", "tokenizer", "tokenize", "pretrain", "finetune", "export", "eval"):
         assert json.loads((tmp_path / stage / "manifest.json").read_text())["stage"] == stage
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())["tasks"]
+    assert results["python_mc"]["n"] == 40 and "perplexity_test" in results
     rows = read_metrics(tmp_path / "pretrain" / "metrics.jsonl")
     baseline = next(r["unigram_val_loss"] for r in rows if "unigram_val_loss" in r)
     final = [r["val_loss"] for r in rows if "val_loss" in r][-1]
@@ -38,5 +40,5 @@ def test_demo_pipeline_end_to_end(tmp_path, monkeypatch, capsys):
 
     assert main(args) == 0
     err = capsys.readouterr().err
-    stages = ("data", "tokenizer", "pretrain", "finetune", "export")
+    stages = ("data", "tokenizer", "pretrain", "finetune", "export", "eval")
     assert all(f"{s}: up to date, skipped" in err for s in stages)

@@ -181,3 +181,30 @@ def test_a_bad_data_line_names_its_file_and_line(tmp_path, capsys):
                  str(paths["mc"])]) == 2
     err = capsys.readouterr().err
     assert "mc.jsonl:13: not JSON" in err and "Traceback" not in err
+
+
+def test_lmforge_run_ends_with_the_eval_stage(tmp_path, capsys):
+    import yaml
+
+    from test_train_support import TINY_MODEL, TINY_TRAIN, documents
+
+    text = tmp_path / "corpus.txt"
+    text.write_text("\n\n".join(documents(120)), encoding="utf-8")
+    tasks = write_tasks(tmp_path)
+    cfg = {"run": {"dir": str(tmp_path / "run")},
+           "data": {"sources": [{"path": str(text), "format": "text"}], "steps": [],
+                    "split": {"mode": "contiguous", "train": 0.9, "val": 0.1, "test": 0.0}},
+           "tokenizer": {"type": "char"}, "model": TINY_MODEL,
+           "train": {**TINY_TRAIN, "max_steps": 4, "eval_every": 0},
+           "eval": {"tasks": [str(tasks["mc"])]}}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["run", "-c", str(tmp_path / "cfg.yaml")]) == 0
+    results = json.loads((tmp_path / "run" / "eval" / "results.json").read_text())
+    assert set(results["tasks"]) == {"toy_mc", "perplexity_val"}  # no test split: val
+    assert results["tasks"]["perplexity_val"]["metrics"]["bits_per_byte"]["value"] > 0
+    assert "held-out perplexity on the val split" in capsys.readouterr().err
+    assert main(["run", "-c", str(tmp_path / "cfg.yaml")]) == 0
+    assert "eval: up to date, skipped" in capsys.readouterr().err
+    (tmp_path / "mc.jsonl").write_text((tmp_path / "mc.jsonl").read_text().replace("fox", "cat"))
+    assert main(["run", "-c", str(tmp_path / "cfg.yaml")]) == 0
+    assert "eval: running (config changed" in capsys.readouterr().err  # the task data changed

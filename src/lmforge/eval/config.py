@@ -14,8 +14,9 @@ class EvalConfig(Section):
         default_factory=list, description="task YAML files (lm-eval's format, local JSONL "
         "data) or builtin:NAME")
     perplexity: list[str] = Field(
-        default_factory=lambda: ["test"], description="perplexity and bits-per-byte on these: "
-        "a split of the run's data (train, val, test) or a .txt/.jsonl file")
+        default_factory=lambda: ["held-out"], description="perplexity and bits-per-byte on "
+        "these: a split of the run's data (train, val, test; held-out: test, or val when the "
+        "run has no test split) or a .txt/.jsonl file")
     harness: list[str] = Field(
         default_factory=list, description="lm-evaluation-harness task names or YAML files, "
         "run on the HF export (needs `pip install lm-eval`)")

@@ -39,10 +39,10 @@ def hf_model_dir(model: str | Path, out: Path) -> Path:
 def local_task_copy(spec: str, task_dir: Path) -> str:
     """A local YAML copied into task_dir with absolute data_files; returns its task name.
     Anything else is taken to be a task lm-eval knows by name."""
-    path = Path(spec)
-    if path.suffix not in (".yaml", ".yml"):
+    from lmforge.eval.stage import BUILTIN, task_file
+
+    if not spec.startswith(BUILTIN) and Path(spec).suffix not in (".yaml", ".yml"):
         return spec
-    from lmforge.eval.stage import task_file
 
     path = task_file(spec)
     config = yaml.safe_load(path.read_text(encoding="utf-8"))

@@ -25,6 +25,7 @@ from lmforge.progress import console
 STAGE_NAME = "eval"
 BUILTIN = "builtin:"
 SPLITS = ("train", "val", "test")
+HELD_OUT = "held-out"  # test, or val when the run's data has no test documents
 DISPLAY_KEYS = {"enabled"}
 
 
@@ -42,6 +43,9 @@ def task_file(spec: str) -> Path:
 
 def perplexity_task(spec: str, data_dir: Path | None) -> Task:
     """A split of the run's data (train, val, test) or a .txt/.jsonl file, as a rolling task."""
+    if spec == HELD_OUT:
+        spec = "test" if data_dir is not None and read_texts_or_none(data_dir / "test") else "val"
+        console.print(f"eval: held-out perplexity on the {spec} split")
     if spec in SPLITS:
         if data_dir is None:
             raise UserError(f"perplexity on the {spec!r} split needs a run: evaluate a run dir, "
@@ -52,6 +56,10 @@ def perplexity_task(spec: str, data_dir: Path | None) -> Task:
         return text_task(f"perplexity_{spec}", read_texts(source), source)
     source = Path(spec)
     return text_task(f"perplexity_{source.stem}", read_texts(source), source)
+
+
+def read_texts_or_none(split_dir: Path) -> list[str] | None:
+    return read_texts(split_dir) if split_dir.is_dir() else None
 
 
 def options(ecfg: EvalConfig) -> EvalOptions:
