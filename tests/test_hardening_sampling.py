@@ -329,7 +329,7 @@ BAD_FIELDS = [  # (field, raw JSON value, text the 400 must hold)
     ("seed", "18446744073709551616", "9223372036854775807"),
     ("seed", "-9223372036854775809", "-9223372036854775808"),
     ("n", "0", "at least 1"), ("n", "1000000000000000000000", "n must be at most 8"),
-    ("max_tokens", "0", "at least 1"), ("max_tokens", "10000000000000000000000", "at most"),
+    ("max_tokens", "-1", "at least 0"), ("max_tokens", "10000000000000000000000", "at most"),
     ("best_of", "0", "at least 1"), ("truncate_prompt_tokens", "0", "at least 1"),
     ("stop", json.dumps(["x"] * 17), "at most 16 strings"),
     ("stop", json.dumps("y" * 300), "at most 256 characters"),

@@ -1,10 +1,11 @@
 """The engine core: prefill, decode and sampling for every request, in a process of its own.
 
     server process (Engine)                               core process (this module)
-    submit  ── ("add", id, prompt ids, params, adapter) ▶  EngineCore.add
+    submit  ── ("add", id, prompt ids, params, adapter, prompt logprobs) ▶  EngineCore.add
     abort   ── ("abort", id) ──────────────────────────▶  EngineCore.abort
     stop    ── ("stop",) ──────────────────────────────▶  finish everything, then exit
-            ◀─ ("step", [(id, token, logprob, finish, error), ...], stats) ── each step
+            ◀─ ("step", [(id, token, logprob, finish, error), ...], stats,
+                {id: prompt logprobs}) ── each step
 
 Why a process (as vLLM v1 runs its EngineCore): the forward pass and the HTTP side are both
 Python, and in one process they take turns on one interpreter lock, so every token handed
@@ -24,6 +25,11 @@ found by the frontend, which then aborts the request here.
 A request may name a LoRA adapter (an index into the runner's, 0 for the base): its rows get
 that adapter's update in the shared pass, and it reuses only prefixes cached under the same
 adapter (the keys differ).
+
+A request may ask for its prompt's logprobs (echo; see `prompt_logprobs`): its prefill keeps
+the hidden states of its own rows, scored after the pass and sent in the message of its first
+token. It takes no prefix from the cache, since a reused position is never run and so could
+not be scored.
 
 A request fails alone, never its batch: one that cannot run (a prompt out of the vocabulary
 or the context, sampling parameters out of range) is refused when it is added; a row whose
@@ -45,6 +51,7 @@ from lmforge.model.sampling import Sampler, SamplingParams, TokenLogprob, valida
 from lmforge.serve.adapters import ServedAdapter
 from lmforge.serve.config import EngineConfig
 from lmforge.serve.prefix import longest_prefix
+from lmforge.serve.prompt_logprobs import score
 from lmforge.serve.runner import Decode, Runner
 from lmforge.serve.scheduler import Scheduler
 
@@ -57,11 +64,14 @@ PACK_TOKENS = 1024  # prompt tokens prefilled in one forward (attention is quadr
 
 class CoreRequest:
     __slots__ = ("adapter", "cached", "generated", "id", "ids", "params", "position", "prompt",
-                 "slot")
+                 "prompt_logprobs", "scored_from", "slot")
 
     def __init__(self, rid: int, prompt: list[int], params: SamplingParams,
-                 adapter: int = 0) -> None:
+                 adapter: int = 0, prompt_logprobs: int | None = None,
+                 scored_from: int = 1) -> None:
         self.id, self.prompt, self.params, self.adapter = rid, prompt, params, adapter
+        self.prompt_logprobs = prompt_logprobs  # None: not scored; k: each token and top k
+        self.scored_from = scored_from  # the first prompt token scored
         self.slot = -1
         self.position = 0  # tokens in the cache; the next input token goes here
         self.generated = 0
@@ -91,6 +101,7 @@ class EngineCore:
         self.left_adapter = [0] * cfg.max_batch  # the adapter those keys were made with
         self.admitted = [0, 0]  # prompt tokens admitted since the last stats, and reused
         self.refused: list[Output] = []  # requests that cannot run, told at the next step
+        self.prompt_logprobs: dict[int, list[TokenLogprob]] = {}  # scored, not yet sent
 
     @property
     def busy(self) -> bool:
@@ -101,17 +112,27 @@ class EngineCore:
         (prompt, cached), self.admitted = self.admitted, [0, 0]
         return len(self.scheduler.running), self.scheduler.waiting, tokens, prompt, cached
 
-    def add(self, rid: int, prompt: list[int], params: SamplingParams, adapter: int = 0) -> None:
+    def add(self, rid: int, prompt: list[int], params: SamplingParams, adapter: int = 0,
+            prompt_logprobs: int | None = None) -> None:
         """Queue a request, or refuse it (an error output at the next step) when it cannot
-        run: checked here, it never reaches a batch."""
+        run: checked here, it never reaches a batch. `prompt_logprobs` k: also score the
+        prompt, each token with the top k there (see `take_prompt_logprobs`)."""
         try:
             self._check(rid, prompt, params)
             if type(adapter) is not int or not 0 <= adapter < len(self.runner.adapters):
                 raise ValueError(f"adapter {adapter!r} is not served")
+            if prompt_logprobs is not None and (type(prompt_logprobs) is not int
+                                                or prompt_logprobs < 0):
+                raise ValueError(f"prompt_logprobs must be an integer >= 0, got "
+                                 f"{prompt_logprobs!r}")
         except (TypeError, ValueError) as e:
             self.refused.append((rid, -1, None, "error", f"invalid request: {e}"))
             return
-        req = CoreRequest(rid, prompt, params, adapter)
+        # scoring starts after the first real token: prompt tuning's virtual tokens (ids
+        # from the vocabulary's size up) come first and are not scored
+        scored_from = 1 if prompt_logprobs is None else 1 + sum(
+            t >= self.sampler.vocab for t in prompt)
+        req = CoreRequest(rid, prompt, params, adapter, prompt_logprobs, scored_from)
         self.requests[rid] = req
         self.scheduler.add(req)
 
@@ -125,6 +146,12 @@ class EngineCore:
         if not all(type(t) is int for t in prompt) or min(prompt) < 0 or max(prompt) >= vocab:
             raise ValueError(f"prompt token ids must be integers in [0, {vocab})")
         validate(params)
+
+    def take_prompt_logprobs(self) -> dict[int, list[TokenLogprob]]:
+        """The prompt logprobs scored since the last call, by request: entry i scores token
+        `scored_from + i` of the prompt the core was sent."""
+        scored, self.prompt_logprobs = self.prompt_logprobs, {}
+        return scored
 
     def abort(self, rid: int) -> None:
         req = self.requests.get(rid)
@@ -174,6 +201,8 @@ class EngineCore:
             elif left:
                 holdings.append((self.left_adapter[slot], (slot, left, len(left))))
         for req in admitted:
+            if req.prompt_logprobs is not None:
+                continue  # every position runs, to be scored (req.cached stays 0)
             own = (self.left_adapter[req.slot], (req.slot, self.left[req.slot],
                                                   len(self.left[req.slot])))
             same = [held for adapter, held in [*holdings, own] if adapter == req.adapter]
@@ -219,11 +248,39 @@ class EngineCore:
                             max(req.position for req in rows if req is not None) + 1)
         prompts = self.runner.pack([r.slot for r in pack], [r.prompt[r.cached:] for r in pack],
                                    [r.cached for r in pack]) if pack else None
+        if prompts is not None:
+            prompts.keep = self._scored_rows(pack)
         adapters = None
         if len(self.runner.adapters) > 1:
             adapters = [req.adapter if req is not None else -1 for req in rows]
             adapters += [r.adapter for r in pack for _ in range(r.prompt_len - r.cached)]
-        return self.runner.step(decode, prompts, adapters)
+        out = self.runner.step(decode, prompts, adapters)
+        if prompts is not None and prompts.keep is not None:
+            self._score(pack, prompts.hidden)
+        return out
+
+    def _scored_rows(self, pack: list[CoreRequest]) -> torch.Tensor | None:
+        """The pack's rows whose hidden states score the next prompt token: each scored
+        prompt's positions scored_from - 1 .. len - 2 (None: the pack scores nothing)."""
+        if all(req.prompt_logprobs is None for req in pack):
+            return None
+        rows, start = [], 0
+        for req in pack:
+            if req.prompt_logprobs is not None:  # such a prompt has no cached part
+                rows += range(start + req.scored_from - 1, start + req.prompt_len - 1)
+            start += req.prompt_len - req.cached
+        return torch.tensor(rows, dtype=torch.long, device=self.device)
+
+    def _score(self, pack: list[CoreRequest], hidden: torch.Tensor) -> None:
+        """Each scored prompt's logprobs, from its rows of `hidden` (see _scored_rows)."""
+        start = 0
+        for req in pack:
+            if req.prompt_logprobs is not None:
+                targets = req.prompt[req.scored_from:]
+                self.prompt_logprobs[req.id] = score(
+                    self.runner, hidden[start:start + len(targets)], targets,
+                    req.prompt_logprobs)
+                start += len(targets)
 
     def _sample(self, rows: list[CoreRequest | None], logits: torch.Tensor,
                 slots: list[int] | None) -> list[Output]:
@@ -315,10 +372,10 @@ def _loop(core: EngineCore, requests: Connection, outputs: Connection) -> None:
         while requests.poll():
             stopping |= _handle(core, requests.recv())
         if not core.busy:
-            outputs.send(("step", [], core.stats()))  # e.g. all aborted: report idle
+            outputs.send(("step", [], core.stats(), {}))  # e.g. all aborted: report idle
             continue
         out = core.step()
-        outputs.send(("step", out, core.stats(len(out))))
+        outputs.send(("step", out, core.stats(len(out)), core.take_prompt_logprobs()))
 
 
 def _handle(core: EngineCore, message: tuple[Any, ...]) -> bool:

@@ -25,7 +25,7 @@ import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import torch
@@ -68,12 +68,15 @@ class Delta:
     error: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # with the first delta of a request that asked for them: prompt[1:]'s logprobs
+    prompt_logprobs: list[TokenLogprob] | None = None
 
     def merge(self, later: Delta) -> Delta:
+        prompt = later.prompt_logprobs if self.prompt_logprobs is None else self.prompt_logprobs
         return Delta(self.text + later.text, self.token_ids + later.token_ids,
                      self.logprobs + later.logprobs, self.text_ends + later.text_ends,
                      later.finish_reason, later.error, later.prompt_tokens,
-                     later.completion_tokens)
+                     later.completion_tokens, prompt)
 
 
 class EngineObserver(Protocol):
@@ -103,9 +106,10 @@ class EngineRequest:
     `loop`, or a thread queue)."""
 
     def __init__(self, prompt: list[int], params: SamplingParams, stream: TextStream,
-                 loop: asyncio.AbstractEventLoop | None) -> None:
+                 loop: asyncio.AbstractEventLoop | None, scored: bool = False) -> None:
         self.id = next(_ids)
         self.prompt_len, self.params, self.text = len(prompt), params, stream
+        self.scored = scored  # its prompt's logprobs were asked for (see Engine.submit)
         self.loop = loop
         self.inbox: asyncio.Queue[Delta] | queue.SimpleQueue[Delta] = (
             asyncio.Queue() if loop is not None else queue.SimpleQueue())
@@ -121,10 +125,16 @@ class EngineRequest:
             self.done = True
             return Delta(finish_reason="error", error=error, prompt_tokens=self.prompt_len,
                          completion_tokens=self.generated)
+        if self.params.max_tokens == 0:  # the prompt only: the core's one token is dropped
+            self.done = True
+            return Delta(finish_reason="length", prompt_tokens=self.prompt_len)
         self.generated += 1
         delta = Delta(prompt_tokens=self.prompt_len, completion_tokens=self.generated)
         if finish == "stop":  # a stop token: not part of the text
             delta.text = self.text.finish()
+            if logprob is not None and self.scored:
+                delta.logprobs.append(logprob)
+                delta.text_ends.append(len(self.text.text))
         else:
             delta.text = self.text.push(token)
             delta.token_ids.append(token)
@@ -247,11 +257,18 @@ class Engine:
 
     def submit(self, prompt: list[int], params: SamplingParams,
                loop: asyncio.AbstractEventLoop | None = None,
-               adapter: str | None = None) -> EngineRequest:
+               adapter: str | None = None, prompt_logprobs: int | None = None
+               ) -> EngineRequest:
         """Queue a request (on `adapter`, one of `adapter_ids`, or the base); its deltas go
         to `loop` (for `deltas`) or a thread queue (for `follow`). QueueFull when the queue
         is at its limit, EngineStopped during shutdown; on a dead engine the request ends
-        at once with an error delta."""
+        at once with an error delta.
+
+        `prompt_logprobs` k (echo): the first delta also carries the logprobs of prompt[1:]
+        with the top k alternatives of each, and a stop token keeps its logprob entry, so
+        the logprobs cover every token of the sequence (as OpenAI's legacy completions).
+        max_tokens 0 asks for the prompt only: as vLLM does, the core makes one token, which
+        is dropped, and the request ends with "length"."""
         if self._stopping or self._process is None:
             raise EngineStopped(f"model {self.name} is shutting down")
         if adapter is not None and adapter not in self.adapter_ids:
@@ -259,7 +276,8 @@ class Engine:
         if len(prompt) + params.max_tokens > self.context:
             raise ContextLengthError("prompt plus max_tokens exceed the context; use fit()")
         stream = TextStream(self._decode_text, prompt, params.stop)
-        req = EngineRequest(prompt, params, stream, loop)
+        req = EngineRequest(prompt, params, stream, loop, prompt_logprobs is not None)
+        core_params = replace(params, max_tokens=1) if params.max_tokens == 0 else params
         with self._lock:
             # requests that will find a free slot at the next step are not really waiting
             queued = len(self._requests) - self.cfg.max_batch
@@ -268,8 +286,8 @@ class Engine:
             if self.dead is None:
                 self._requests[req.id] = req
                 with contextlib.suppress(OSError):  # a dead core: the reader fails it
-                    self._to_core.send(("add", req.id, self.prefix + prompt, params,
-                                        self.adapter_ids.get(adapter, 0)))
+                    self._to_core.send(("add", req.id, self.prefix + prompt, core_params,
+                                        self.adapter_ids.get(adapter, 0), prompt_logprobs))
         if req.id not in self._requests and not req.done:
             self._deliver([(req, req.accept(-1, None, "error", self.dead))])
         return req
@@ -338,14 +356,15 @@ class Engine:
     def _read(self) -> None:
         while True:
             try:
-                _, outputs, stats = self._from_core.recv()
+                _, outputs, stats, prompts = self._from_core.recv()
             except (EOFError, OSError):
                 break
-            self._apply(outputs, stats)
+            self._apply(outputs, stats, prompts)
         self._core_gone()
 
-    def _apply(self, outputs: list[Output], stats: Stats | None) -> None:
-        """Turn one step's tokens into deltas and hand them out."""
+    def _apply(self, outputs: list[Output], stats: Stats | None,
+               prompts: dict[int, list[TokenLogprob]]) -> None:
+        """Turn one step's tokens (and prompt logprobs) into deltas and hand them out."""
         deliveries = []
         for rid, token, logprob, finish, error in outputs:
             req = self._requests.get(rid)
@@ -357,6 +376,7 @@ class Engine:
                 log.exception("request %d failed in detokenization", rid)
                 delta = req.accept(-1, None, "error", f"{type(e).__name__}: {e}")
                 finish = None  # the core still runs it: abort it there
+            delta.prompt_logprobs = prompts.get(rid)
             if req.first_token_at is None and error is None:
                 req.first_token_at = time.monotonic()
                 self.metrics.first_token(req.first_token_at - req.arrival)

@@ -40,6 +40,7 @@ from lmforge.serve.engine import (
 from lmforge.serve.errors import APIError
 from lmforge.serve.metrics import Metrics
 from lmforge.serve.middleware import CLIENT_CLOSED, AuditRecord
+from lmforge.serve.prompt_logprobs import echo_logprobs
 from lmforge.serve.ratelimit import TokenBudget
 from lmforge.serve.safety import (
     InputFilter,
@@ -72,12 +73,13 @@ class Run:
     finish: list[str | None] = field(init=False)
     logprobs: list[list[ShownLogprob]] = field(init=False)
     logprob_filters: list[LogprobFilter] = field(init=False)
+    echoes: list[dict[str, list] | None] = field(init=False)  # each prompt's own logprobs
     completion_tokens: list[int] = field(init=False)
     pending: list[tuple[AsyncIterator[Delta], Delta]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         n = len(self.seqs)
-        self.texts, self.finish = [""] * n, [None] * n
+        self.texts, self.finish, self.echoes = [""] * n, [None] * n, [None] * n
         self.logprobs, self.completion_tokens = [[] for _ in range(n)], [0] * n
         self.logprob_filters = [LogprobFilter(r, self.token_text) for r in self.redactors]
 
@@ -87,6 +89,10 @@ class Run:
 
     def take(self, index: int, delta: Delta) -> tuple[str, list[ShownLogprob]]:
         """Fold a delta into choice `index`; the filtered text and logprobs to send now."""
+        if delta.prompt_logprobs is not None:
+            self.echoes[index] = echo_logprobs(self.prompts[index], delta.prompt_logprobs,
+                                               self.variant.tokenizer,
+                                               self.redactors[index].rules)
         text = self.redactors[index].push(delta.text)
         final = delta.finish_reason is not None
         if final:
@@ -212,9 +218,10 @@ class Generation:
             budget.reserve(sum(len(ids) + params.max_tokens for ids, params in jobs))
         seqs: list[EngineRequest] = []
         loop = asyncio.get_running_loop()
+        scored = body.logprobs if getattr(body, "echo", False) else None  # the prompt's too
         try:
             for ids, params in jobs:
-                seqs.append(engine.submit(ids, params, loop, variant.adapter))
+                seqs.append(engine.submit(ids, params, loop, variant.adapter, scored))
         except BaseException as e:  # none queued: the reserved tokens all go back
             for seq in seqs:
                 engine.abort(seq)
@@ -280,8 +287,8 @@ class Generation:
                                                         "content": run.texts[i]},
                                 "logprobs": logprobs, "finish_reason": run.finish[i]})
                 continue
-            echo = tok.decode(run.prompts[i // body.n]) if body.echo else ""
-            logprobs = (api.completion_logprobs(run.logprobs[i], len(echo))
+            echo = tok.decode(run.prompts[i]) if body.echo else ""
+            logprobs = (api.completion_logprobs(run.logprobs[i], len(echo), run.echoes[i])
                         if body.logprobs is not None else None)
             choices.append({"index": i, "text": echo + run.texts[i], "logprobs": logprobs,
                             "finish_reason": run.finish[i]})
@@ -347,13 +354,14 @@ class Generation:
             logprobs = api.chat_logprobs(shown) if body.logprobs else None
             content = {"content": text} if text or finish is None else {}
             return api.chat_chunk(rid, created, body.model, index, content, finish, logprobs)
-        echo = ""
+        echo, prompt = "", None
         if not echoed[index]:
-            echo, echoed[index] = tok.decode(run.prompts[index // body.n]), True
+            echo, echoed[index] = tok.decode(run.prompts[index]), True
+            prompt = run.echoes[index]
         logprobs = None
         if body.logprobs is not None:
-            start = len(tok.decode(run.prompts[index // body.n])) if body.echo else 0
-            logprobs = api.completion_logprobs(shown, start + before)
+            start = len(tok.decode(run.prompts[index])) if body.echo else 0
+            logprobs = api.completion_logprobs(shown, start + before, prompt)
         return api.completion_chunk(rid, created, body.model, index, echo + text, finish,
                                     logprobs)
 

@@ -26,6 +26,7 @@ MAX_STOP_CHARS = 256  # per string: the text stream looks for each one's start a
 # (lowest, highest, lowest excluded) of every numeric field: the engine's, and the API's own
 LIMITS: dict[str, tuple[float, float, bool]] = {
     **RANGES,
+    "max_tokens": (0, math.inf, False),  # 0: completions echo the prompt only; chat needs 1
     "max_completion_tokens": RANGES["max_tokens"],
     "logprobs": (0, 20, False),  # vLLM's default max_logprobs; OpenAI's top_logprobs cap
     "top_logprobs": (0, 20, False),
@@ -164,6 +165,14 @@ class ChatCompletionRequest(_Request):
     logprobs: bool = False
     top_logprobs: int | None = limited("top_logprobs", None)
 
+    @field_validator("max_tokens")
+    @classmethod
+    def _some_tokens(cls, max_tokens: int | None) -> int | None:
+        """0 is for completions' echo; a chat reply needs a token."""
+        if max_tokens == 0:
+            raise ValueError("must be at least 1 for chat completions, got 0")
+        return max_tokens
+
     @model_validator(mode="after")
     def _logprobs(self) -> ChatCompletionRequest:
         if self.top_logprobs is not None and not self.logprobs:
@@ -202,18 +211,21 @@ def model_card(name: str, created: int, context: int, parent: str | None = None
             "max_model_len": context, "root": parent or name, "parent": parent}
 
 
-def completion_logprobs(entries: list[ShownLogprob], offset: int) -> dict[str, Any]:
-    """The completions API's logprobs object; `offset` is where this text starts."""
+def completion_logprobs(entries: list[ShownLogprob], offset: int,
+                        prompt: dict[str, list] | None = None) -> dict[str, Any]:
+    """The completions API's logprobs object; `offset` is where this text starts, after
+    the echoed `prompt`'s own logprobs object when there is one."""
     offsets = []
     for e in entries:
         offsets.append(offset)
         offset += len(e.text)
-    return {
+    shown = {
         "tokens": [e.text for e in entries],
         "token_logprobs": [e.logprob for e in entries],
         "top_logprobs": [dict(e.top) for e in entries],
         "text_offset": offsets,
     }
+    return shown if prompt is None else {key: prompt[key] + shown[key] for key in shown}
 
 
 def chat_logprobs(entries: list[ShownLogprob]) -> dict[str, Any]:

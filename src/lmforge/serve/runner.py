@@ -82,6 +82,10 @@ class Pack:
     # when a prompt continues a prefix already in its slot, each prompt attends to its
     # slot's cache instead: (slot, first row in ids, new tokens, whole length, mask)
     spans: list[tuple[int, int, int, int, Tensor | None]] | None = None
+    # rows of ids whose last hidden states `step` keeps in `hidden` (an echoed prompt's
+    # positions, scored by `prompt_logprobs`); None, as for most packs: nothing is kept
+    keep: Tensor | None = None
+    hidden: Tensor | None = None
 
 
 # the adapters of a step's rows: (adapter, its rows, or None for all of them)
@@ -210,7 +214,8 @@ class Runner:
         ids = torch.tensor(row_adapters, device=self.device)
         return [(a, torch.nonzero(ids == a).flatten()) for a in sorted(used) if a]
 
-    def _logits(self, x: Tensor) -> Tensor:
+    def logits(self, x: Tensor) -> Tensor:
+        """The output head over last hidden states (N, dim): logits (N, V)."""
         return torch.mm(self._rms(x, self.norm), self.head_t)
 
     def free(self, slot: int) -> None:
@@ -283,8 +288,9 @@ class Runner:
         """One forward pass over a decode batch, a pack of prompts, or both at once: the
         prompt tokens ride along as extra rows of every matmul and only attention runs
         apart, which saves a pass's per-op costs (on GPUs, its kernel launches).
-        Logits of the decode rows (B, V) and of each prompt's last token (P, V).
-        `row_adapters`: the adapter of each input row, decode rows first (None: the base).
+        Logits of the decode rows (B, V) and of each prompt's last token (P, V); the hidden
+        states of the pack's `keep` rows go to `pack.hidden`. `row_adapters`: the adapter
+        of each input row, decode rows first (None: the base).
 
         A slot in both (a request admitted this step) is a dummy decode row there."""
         b = decode.tokens.size(0) if decode is not None else 0
@@ -315,8 +321,10 @@ class Runner:
             x = self._mlp(i, x, lora)
         if pack is not None:
             self._open_pack(pack)
+            if pack.keep is not None:
+                pack.hidden = x[b + pack.keep]
             x = x[pack.last] if decode is None else torch.cat((x[:b], x[b + pack.last]))
-        logits = self._logits(x)
+        logits = self.logits(x)
         return (logits[:b] if decode is not None else None,
                 logits[b:] if pack is not None else None)
 
