@@ -6,13 +6,14 @@ length (trailing spaces of the context move to the continuation); an empty conte
 prefix token (BOS, else EOS); the input is the last max_length + 1 tokens minus the final
 one; a document's rolling log-likelihood is the sum over lm-eval's disjoint windows, the
 first predicted from the prefix token. Requests run longest first in batches, and each
-row's score depends only on its own tokens (right padding under a causal mask), so scores
-do not change with the batch size.
+row's score depends only on its own tokens (right padding, masked out), so scores do not
+change with the batch size.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -53,8 +54,21 @@ def rolling_windows(tokens: list[int], prefix_id: int, max_length: int) -> list[
     return windows
 
 
+@dataclass
+class _Row:
+    """One forward row: a shared prefix and the continuations that follow it, side by side
+    (each attends to the prefix and to itself only), or one plain (context + continuation)."""
+
+    tokens: list[int] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+    segments: list[int] = field(default_factory=list)  # 0: the prefix; k: continuation k
+    members: list[tuple[int, list[int]]] = field(default_factory=list)  # (pair, logit rows)
+
+
 class Scorer:
-    """Scores token pairs under a model in eval mode."""
+    """Scores token pairs under a model in eval mode. Pairs that share their context (the
+    choices of one question) are scored in one row: the context runs once, not once per
+    choice, which is most of a multiple-choice task's compute."""
 
     def __init__(self, model: Transformer, batch_size: int = 16,
                  max_length: int | None = None, virtual: Sequence[int] = ()) -> None:
@@ -64,38 +78,81 @@ class Scorer:
         self.virtual = list(virtual)
         self.max_length = max_length or model.cfg.max_seq_len - len(self.virtual)
         self.device = next(model.parameters()).device
+        self.share = model.cfg.sliding_window is None  # windows count positions, not rows
+
+    def rows(self, pairs: Sequence[Pair]) -> list[_Row]:
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, (ctx, _) in enumerate(pairs):
+            groups.setdefault(tuple(ctx), []).append(i)
+        rows = []
+        for ctx, members in groups.items():
+            prefix = self.virtual + list(ctx)
+            conts = [pairs[i][1] for i in members]
+            width = len(prefix) + sum(len(c) - 1 for c in conts)
+            fits = all(len(c) > 0 and len(ctx) + len(c) <= self.max_length + 1 for c in conts)
+            if self.share and ctx and fits and width <= self.model.cfg.max_seq_len:
+                rows.append(self._shared(prefix, members, conts))
+            else:
+                rows += [self._plain(pairs[i], i) for i in members]
+        return rows
+
+    def _shared(self, prefix: list[int], members: list[int], conts: list[list[int]]) -> _Row:
+        row = _Row(list(prefix), list(range(len(prefix))), [0] * len(prefix))
+        for k, (i, cont) in enumerate(zip(members, conts, strict=True), 1):
+            start = len(row.tokens)
+            row.tokens += cont[:-1]
+            row.positions += range(len(prefix), len(prefix) + len(cont) - 1)
+            row.segments += [k] * (len(cont) - 1)
+            row.members.append((i, [len(prefix) - 1, *range(start, start + len(cont) - 1)]))
+        return row
+
+    def _plain(self, pair: Pair, i: int) -> _Row:
+        ctx, cont = pair
+        x = self.virtual + (ctx + cont)[-(self.max_length + 1):][:-1]
+        return _Row(x, list(range(len(x))), [0] * len(x),
+                    [(i, list(range(len(x) - len(cont), len(x))))])
 
     def loglikelihood(self, pairs: Sequence[Pair], label: str = "scoring"
                       ) -> list[tuple[float, bool]]:
         """(sum of the continuation's log-probs, whether greedy decoding gives it) per pair."""
-        inputs = [self.virtual + (ctx + cont)[-(self.max_length + 1):][:-1]
-                  for ctx, cont in pairs]
-        order = sorted(range(len(pairs)), key=lambda i: (-len(inputs[i]), i))
+        rows = sorted(self.rows(pairs), key=lambda r: (-len(r.tokens), r.members[0][0]))
         results: list[tuple[float, bool]] = [(0.0, False)] * len(pairs)
         with count_progress(label, len(pairs), "requests") as advance, torch.inference_mode():
-            for start in range(0, len(order), self.batch_size):
-                batch = order[start:start + self.batch_size]
-                scored = self._batch([inputs[i] for i in batch], [pairs[i][1] for i in batch])
-                for i, result in zip(batch, scored, strict=True):
+            for start in range(0, len(rows), self.batch_size):
+                batch = rows[start:start + self.batch_size]
+                for i, result in self._batch(batch, pairs):
                     results[i] = result
-                advance(len(batch))
+                advance(sum(len(r.members) for r in batch))
         return results
 
-    def _batch(self, inputs: list[list[int]], continuations: list[list[int]]
-               ) -> list[tuple[float, bool]]:
-        longest = max(len(x) for x in inputs)
-        ids = torch.zeros(len(inputs), longest, dtype=torch.long)
-        for row, x in enumerate(inputs):
-            ids[row, :len(x)] = torch.tensor(x)
-        logits = self.model(ids.to(self.device)).logits
-        out = []
-        for row, (x, cont) in enumerate(zip(inputs, continuations, strict=True)):
-            n = len(cont)
-            logprobs = F.log_softmax(logits[row, len(x) - n:len(x)].float(), dim=-1)
-            target = torch.tensor(cont, device=logprobs.device)
-            total = logprobs.gather(1, target[:, None]).sum().item()
-            greedy = bool((logprobs.argmax(-1) == target).all())
-            out.append((total, greedy))
+    def _batch(self, rows: list[_Row], pairs: Sequence[Pair]
+               ) -> list[tuple[int, tuple[float, bool]]]:
+        longest = max(len(r.tokens) for r in rows)
+        ids = torch.zeros(len(rows), longest, dtype=torch.long)
+        positions = torch.zeros(len(rows), longest, dtype=torch.long)
+        segments = torch.full((len(rows), longest), -1, dtype=torch.long)
+        for b, row in enumerate(rows):
+            n = len(row.tokens)
+            ids[b, :n], positions[b, :n] = torch.tensor(row.tokens), torch.tensor(row.positions)
+            segments[b, :n] = torch.tensor(row.segments)
+        q, k = segments[:, :, None], segments[:, None, :]
+        order = torch.arange(longest)
+        mask = (order[None, :] <= order[:, None]) & ((k == 0) | (k == q)) & (q >= 0)
+        mask |= torch.eye(longest, dtype=torch.bool)  # padding looks at itself: no empty row
+        wanted = torch.tensor([(b, p) for b, row in enumerate(rows)
+                               for _, where in row.members for p in where])
+        logits = self.model(ids.to(self.device), positions=positions.to(self.device),
+                            attn_mask=mask.to(self.device),
+                            logit_rows=wanted.to(self.device)).logits  # only scored positions
+        logprobs = F.log_softmax(logits.float(), dim=-1)
+        out, at = [], 0
+        for row in rows:
+            for i, where in row.members:
+                target = torch.tensor(pairs[i][1], device=logprobs.device)
+                picked = logprobs[at:at + len(where)]
+                at += len(where)
+                total = picked.gather(1, target[:, None]).sum().item()
+                out.append((i, (total, bool((picked.argmax(-1) == target).all()))))
         return out
 
     def rolling(self, token_lists: Sequence[list[int]], prefix_id: int,

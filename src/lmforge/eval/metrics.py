@@ -34,8 +34,6 @@ from functools import cache
 
 import numpy as np
 import sacrebleu
-from rouge_score import rouge_scorer, tokenizers
-from sklearn.metrics import f1_score
 
 from lmforge.errors import UserError
 from lmforge.text.cjk import CJK_RANGES, has_cjk
@@ -89,7 +87,7 @@ class ExactMatchOptions:
 DEFAULT_EXACT_MATCH = ExactMatchOptions()
 
 
-class CjkRougeTokenizer(tokenizers.Tokenizer):
+class CjkRougeTokenizer:
     """rouge-score tokens for CJK text: each CJK character alone, lowercased [a-z0-9] runs."""
 
     def tokenize(self, text: str) -> list[str]:
@@ -126,6 +124,8 @@ def rouge_scores(
     use_stemmer: bool = False,
 ) -> dict[str, list[float]]:
     """Per-example ROUGE F-measures, best reference per example, CJK examples per character."""
+    from rouge_score import rouge_scorer  # imports nltk: a second, so only when scored
+
     plain = rouge_scorer.RougeScorer(list(rouge_types), use_stemmer=use_stemmer)
     cjk = rouge_scorer.RougeScorer(list(rouge_types), tokenizer=CjkRougeTokenizer())
     scores: dict[str, list[float]] = {rouge_type: [] for rouge_type in rouge_types}
@@ -164,6 +164,8 @@ def corpus_from_indices(
     """
     picked = np.asarray(stats, dtype=np.int64)[np.asarray(indices, dtype=np.int64)]
     if metric == MACRO_F1:
+        from sklearn.metrics import f1_score
+
         return float(f1_score(picked[:, 0], picked[:, 1], average="macro", zero_division=0.0))
     totals = picked.sum(axis=0).tolist()
     return float(_sacrebleu_scorer(metric, None)._compute_score_from_stats(totals).score)

@@ -79,7 +79,8 @@ class Evaluator:
         prompts = [self.encode(c)[-room:] or [self.prefix_id] for c in contexts]
         stops = frozenset({self.tok.eos_id}) if self.tok.eos_id is not None else frozenset()
         cfg = EngineConfig(max_batch=self.batch_size, max_queue=max(len(prompts), 1),
-                           prefix_cache=False, dtype=_dtype_name(self.model))
+                           prefix_cache=False, dtype=_dtype_name(self.model),
+                           threads=torch.get_num_threads())  # no HTTP side to leave a core to
         engine = Engine(self.model, self.tok.decode, cfg, stop_token_ids=stops,
                         name="eval").start()
         try:

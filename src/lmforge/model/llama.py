@@ -257,16 +257,28 @@ class Transformer(nn.Module):
         doc_ids: Tensor | None = None,
         cache: KVCache | None = None,
         last_only: bool = False,
+        attn_mask: Tensor | None = None,
+        logit_rows: Tensor | None = None,
     ) -> Output:
         """input_ids (B, T). `positions`/`doc_ids` (B, T) come from packed batches and keep
-        attention inside each document; `cache` makes this a prefill or decode step."""
+        attention inside each document; `cache` makes this a prefill or decode step;
+        `attn_mask` (B, T, T, True where a query may look), with `positions`, lays several
+        continuations of one shared prefix side by side in a row (eval's choice scoring);
+        `logit_rows` (N, 2) [batch, position] pairs: logits (N, vocab) only there."""
         t = input_ids.size(1)
         start = cache.length if cache is not None else 0
         if start + t > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {start + t} tokens exceeds max_seq_len "
                              f"{self.cfg.max_seq_len}")
         rope = self._rope(start, t, positions)
-        mask, is_causal = self._mask(start, t, doc_ids)
+        if attn_mask is not None:
+            if cache is not None or self.cfg.sliding_window is not None:
+                raise ValueError("attn_mask is for full attention without a cache")
+            bias = torch.zeros(attn_mask.shape, dtype=self._compute_dtype(),
+                               device=attn_mask.device)
+            mask, is_causal = bias.masked_fill_(~attn_mask, float("-inf")).unsqueeze(1), False
+        else:
+            mask, is_causal = self._mask(start, t, doc_ids)
         x = self.model.embed_tokens(input_ids)
         for block in self.model.layers:
             x = block(x, rope, mask, is_causal, cache)
@@ -275,6 +287,8 @@ class Transformer(nn.Module):
         x = self.model.norm(x)
         if last_only:
             x = x[:, -1:]
+        if logit_rows is not None:
+            x = x[logit_rows[:, 0], logit_rows[:, 1]]
         if targets is None:
             return Output(self.lm_head(x), None, None)
         # the vocabulary projection only where there is a loss: fine-tuning rows are mostly
