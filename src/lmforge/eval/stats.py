@@ -6,6 +6,8 @@ which makes the comparison far more sensitive than comparing two independent mea
 
 - `paired_bootstrap`: difference, CI and p-value for any metric, resampling examples.
 - `mcnemar`: the classic test for paired right/wrong outcomes (accuracy, exact match).
+- `unpaired_bootstrap`, `fisher`: the same questions for live A/B traffic, where each side
+  answered different requests (`Metric(paired=False)`).
 - `decide`: B replaces A only if B is better on every chosen metric.
 - `too_small`: a one-line warning when n is too small to see the difference.
 """
@@ -67,6 +69,7 @@ class Metric:
     b: ArrayLike
     lower_is_better: bool = False  # perplexity, latency, error rate
     statistic: Statistic | None = None  # None: the mean of per-example scores
+    paired: bool = True  # False: live A/B traffic, different requests on each side
 
 
 @dataclass(frozen=True)
@@ -77,8 +80,9 @@ class MetricVerdict:
     better: bool
     reason: str  # e.g. "+0.042, 95% CI [0.012, 0.071], McNemar p=0.006"
     bootstrap: Bootstrap
-    mcnemar: McNemar | None  # only for 0/1 per-example scores
+    mcnemar: McNemar | None  # only for paired 0/1 per-example scores
     warning: str | None  # from too_small
+    fisher_p: float | None = None  # only for unpaired 0/1 outcomes (e.g. error rates)
 
 
 @dataclass(frozen=True)
@@ -228,6 +232,29 @@ def paired_bootstrap_indexed(
     return _summarise(float(metric_b(every) - metric_a(every)), diffs, n, confidence)
 
 
+def unpaired_bootstrap(a: ArrayLike, b: ArrayLike, *, iters: int = 10_000, seed: int = 0,
+                       confidence: float = 0.95) -> Bootstrap:
+    """Bootstrap mean(B) - mean(A) for two independent samples (each resampled on its own);
+    n in the result is the smaller side."""
+    a_arr, b_arr = _scores(a, "A's scores"), _scores(b, "B's scores")
+    _check(confidence, iters)
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(iters)
+    for start in range(0, iters, 1000):
+        k = min(1000, iters - start)
+        diffs[start:start + k] = (b_arr[rng.integers(0, len(b_arr), (k, len(b_arr)))].mean(1)
+                                  - a_arr[rng.integers(0, len(a_arr), (k, len(a_arr)))].mean(1))
+    observed = float(b_arr.mean() - a_arr.mean())
+    return _summarise(observed, diffs, min(len(a_arr), len(b_arr)), confidence)
+
+
+def fisher(a_outcomes: ArrayLike, b_outcomes: ArrayLike) -> float:
+    """Fisher's exact test that two independent 0/1 samples have the same rate (two-sided)."""
+    a, b = _scores(a_outcomes, "A's outcomes"), _scores(b_outcomes, "B's outcomes")
+    table = [[int(a.sum()), int(len(a) - a.sum())], [int(b.sum()), int(len(b) - b.sum())]]
+    return float(sps.fisher_exact(table).pvalue)
+
+
 def mcnemar(a_correct: ArrayLike, b_correct: ArrayLike) -> McNemar:
     """McNemar's test that A and B are equally accurate on the same examples.
 
@@ -281,9 +308,16 @@ def too_small(
 
 def _judge(metric: Metric, confidence: float, iters: int, seed: int) -> MetricVerdict:
     """B is better on a metric if the whole CI is on the better side (and McNemar agrees)."""
-    a, b = _paired(metric.a, metric.b, f"{metric.name} scores")
-    boot = paired_bootstrap(a, b, metric.statistic, iters=iters, seed=seed, confidence=confidence)
-    test = mcnemar(a, b) if metric.statistic is None and _is_binary(a) and _is_binary(b) else None
+    if metric.paired:
+        a, b = _paired(metric.a, metric.b, f"{metric.name} scores")
+        boot = paired_bootstrap(a, b, metric.statistic, iters=iters, seed=seed,
+                                confidence=confidence)
+    else:
+        a, b = _scores(metric.a, f"A's {metric.name}"), _scores(metric.b, f"B's {metric.name}")
+        boot = unpaired_bootstrap(a, b, iters=iters, seed=seed, confidence=confidence)
+    binary = metric.statistic is None and _is_binary(a) and _is_binary(b)
+    test = mcnemar(a, b) if binary and metric.paired else None
+    fisher_p = fisher(a, b) if binary and not metric.paired else None
     sign = -1.0 if metric.lower_is_better else 1.0
     low, high = sorted((sign * boot.low, sign * boot.high))  # in "higher is better" terms
     ci = f"{boot.diff:+.3g}, {_pct(confidence)} CI [{boot.low:.3g}, {boot.high:.3g}]"
@@ -295,11 +329,14 @@ def _judge(metric: Metric, confidence: float, iters: int, seed: int) -> MetricVe
         reason = f"{ci} includes 0"
     elif test is not None and test.p_value >= 1 - confidence:
         reason = f"{ci}, McNemar p={test.p_value:.2g} is not below {1 - confidence:.2g}"
+    elif fisher_p is not None and fisher_p >= 1 - confidence:
+        reason = f"{ci}, Fisher p={fisher_p:.2g} is not below {1 - confidence:.2g}"
     else:
         better = True
         reason = ci if test is None else f"{ci}, McNemar p={test.p_value:.2g}"
+        reason = reason if fisher_p is None else f"{ci}, Fisher p={fisher_p:.2g}"
     warning = too_small(boot.n, boot.diff, boot.stderr, confidence)
-    return MetricVerdict(metric.name, better, reason, boot, test, warning)
+    return MetricVerdict(metric.name, better, reason, boot, test, warning, fisher_p)
 
 
 def _join(verdicts: Sequence[MetricVerdict]) -> str:

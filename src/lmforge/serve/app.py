@@ -176,12 +176,40 @@ def _routes(app: FastAPI, state: ServerState) -> None:
         return await state.generation.handle(body, request, _user(caller, body),
                                              request.state.budget)
 
+    @app.post("/v1/feedback", responses=responses(400, 401, 403, 404, 429))
+    async def feedback(body: api.FeedbackRequest, caller: ChatCaller) -> dict:
+        return await _feedback(state, body, caller)
+
     @app.post("/v1/chat/completions", responses=GENERATION_ERRORS)
     async def chat_completions(body: api.ChatCompletionRequest, request: Request,
                                caller: ChatCaller):
         _check_logprobs(caller, body.logprobs)
         return await state.generation.handle(body, request, _user(caller, body),
                                              request.state.budget)
+
+
+async def _feedback(state: ServerState, body: api.FeedbackRequest, caller: Caller) -> dict:
+    """Record a score for an answered request; the request must be in the audit log."""
+    if state.audit is None:
+        raise APIError(404, "feedback is stored in the audit log, which is off on this server; "
+                       "set serve.audit.enabled", "not_found")
+    request_id = api.request_of(body.id)
+    audit = state.audit
+
+    def known() -> bool:
+        if request_id is None:
+            return False
+        if audit.query("requests", limit=1, request_id=request_id):
+            return True
+        audit.flush(2.0)  # the row may still be queued for the writer
+        return bool(audit.query("requests", limit=1, request_id=request_id))
+
+    if not await asyncio.to_thread(known):
+        raise APIError(404, f"no response {body.id!r} in the audit log; send the id of a "
+                       "completion this server returned", "not_found", "id")
+    audit.record_feedback({"request_id": request_id, "key_id": caller.key.id if caller.key
+                           else None, "score": body.score, "comment": body.comment})
+    return {"object": "feedback", "id": body.id, "recorded": True}
 
 
 def _not_ready(state: ServerState) -> str | None:

@@ -1,4 +1,5 @@
-"""The audit log: one SQLite row per request (and one per shadow run), never lost.
+"""The audit log: one SQLite row per request (one per shadow run, one per user feedback
+score), never lost.
 
 Rows are queued in memory and written by one thread in batches (one transaction per
 batch), so a burst of requests costs the event loop a queue put each; the database runs in
@@ -43,7 +44,8 @@ REQUEST_COLUMNS = ("request_id", "ts", "key_id", "route", "model", "variant", "p
                    "error", "filters", "client")
 SHADOW_COLUMNS = ("request_id", "ts", "model", "variant", "prompt", "output", "prompt_tokens",
                   "completion_tokens", "latency_ms", "status", "error")
-COLUMNS = {"requests": REQUEST_COLUMNS, "shadow": SHADOW_COLUMNS}
+FEEDBACK_COLUMNS = ("request_id", "ts", "key_id", "score", "comment")
+COLUMNS = {"requests": REQUEST_COLUMNS, "shadow": SHADOW_COLUMNS, "feedback": FEEDBACK_COLUMNS}
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS requests (id INTEGER PRIMARY KEY, {", ".join(REQUEST_COLUMNS)},
                                      altered);
@@ -51,6 +53,10 @@ CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts);
 CREATE INDEX IF NOT EXISTS requests_key ON requests (key_id, ts);
 CREATE TABLE IF NOT EXISTS shadow (id INTEGER PRIMARY KEY, {", ".join(SHADOW_COLUMNS)}, altered);
 CREATE INDEX IF NOT EXISTS shadow_request ON shadow (request_id);
+CREATE TABLE IF NOT EXISTS feedback (id INTEGER PRIMARY KEY, {", ".join(FEEDBACK_COLUMNS)},
+                                     altered);
+CREATE INDEX IF NOT EXISTS feedback_request ON feedback (request_id);
+CREATE INDEX IF NOT EXISTS requests_request ON requests (request_id);
 """
 REDACTED_COLUMNS = ("prompt", "output")
 PURGE_EVERY_S = 3600.0
@@ -120,6 +126,10 @@ class AuditLog:
     def record_shadow(self, row: dict[str, Any]) -> None:
         self._put("shadow", row)
 
+    def record_feedback(self, row: dict[str, Any]) -> None:
+        """A user's score for an answered request (`POST /v1/feedback`), for A/B reports."""
+        self._put("feedback", row)
+
     def _put(self, table: str, row: dict[str, Any]) -> None:
         unknown = set(row) - set(COLUMNS[table])
         if unknown:
@@ -170,6 +180,7 @@ class AuditLog:
         with self._lock, self._db:
             n = self._db.execute("DELETE FROM requests WHERE ts < ?", (cutoff,)).rowcount
             n += self._db.execute("DELETE FROM shadow WHERE ts < ?", (cutoff,)).rowcount
+            n += self._db.execute("DELETE FROM feedback WHERE ts < ?", (cutoff,)).rowcount
         self._last_purge = time.monotonic()
         return n
 

@@ -72,6 +72,35 @@ def register(sub: argparse._SubParsersAction) -> None:
     chat.add_argument("--seed", type=int)
     chat.set_defaults(handler=_chat)
 
+    ab = sub.add_parser("ab", help="judge live A/B traffic from the audit log")
+    ab_sub = ab.add_subparsers(dest="ab_command", metavar="ACTION")
+    report = ab_sub.add_parser(
+        "report", help="per-variant latency, errors and feedback, with the replace verdict",
+        description="Read the server's audit log (read-only): per variant of a model, the "
+        "error rate, latency and user feedback (POST /v1/feedback); each candidate replaces "
+        "the baseline only if better on every metric with the given confidence.")
+    report.add_argument("--audit", required=True, help="the server's audit.sqlite")
+    report.add_argument("--model", help="model with variants (default: the only one)")
+    report.add_argument("--baseline", help="variant to beat (default: the first seen)")
+    report.add_argument("--since-hours", type=float, help="only this recent traffic")
+    report.add_argument("--confidence", type=float, default=0.95)
+    report.add_argument("-o", "--output", help="also write the report as JSON here")
+    report.set_defaults(handler=_ab_report)
+
+
+def _ab_report(args: argparse.Namespace, overrides: list[str]) -> int:
+    from lmforge.io import atomic_write_json
+    from lmforge.serve.ab import ab_report, print_report
+
+    if not 0.5 < args.confidence < 1:
+        raise UserError(f"--confidence {args.confidence} must be between 0.5 and 1, e.g. 0.95")
+    since = args.since_hours * 3600 if args.since_hours else None
+    report = ab_report(Path(args.audit), args.model, args.baseline, since, args.confidence)
+    print_report(report)
+    if args.output:
+        atomic_write_json(Path(args.output), report)
+    return 0
+
 
 def _serve(args: argparse.Namespace, overrides: list[str]) -> int:
     from pydantic import ValidationError

@@ -292,7 +292,7 @@ class Generation:
                         if body.logprobs is not None else None)
             choices.append({"index": i, "text": echo + run.texts[i], "logprobs": logprobs,
                             "finish_reason": run.finish[i]})
-        return {"id": api.new_id("chatcmpl" if job.chat else "cmpl"),
+        return {"id": api.response_id(job.chat, job.record.request_id),
                 "object": "chat.completion" if job.chat else "text_completion",
                 "created": api.now(), "model": body.model, "choices": choices,
                 "usage": api.usage(run.prompt_tokens, sum(run.completion_tokens))}
@@ -313,7 +313,7 @@ class Generation:
 
     async def _events(self, job: Job) -> AsyncIterator[str]:
         body, run = job.body, job.run
-        rid, created = api.new_id("chatcmpl" if job.chat else "cmpl"), api.now()
+        rid, created = api.response_id(job.chat, job.record.request_id), api.now()
         obj = "chat.completion.chunk" if job.chat else "text_completion"
         error: str | None = DISCONNECTED
         echoed = [not getattr(body, "echo", False)] * len(run.seqs)

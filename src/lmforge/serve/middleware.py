@@ -26,8 +26,8 @@ from lmforge.serve.audit import AuditLog
 from lmforge.serve.errors import APIError
 from lmforge.serve.metrics import Metrics
 
-ROUTES = ("/v1/models", "/v1/completions", "/v1/chat/completions", "/health", "/ready",
-          "/metrics", "/admin/keys", "/admin/models", "/admin/audit", "/admin/variants")
+ROUTES = ("/v1/models", "/v1/completions", "/v1/chat/completions", "/v1/feedback", "/health",
+          "/ready", "/metrics", "/admin/keys", "/admin/models", "/admin/audit", "/admin/variants")
 AUDITED = ("/v1/", "/admin/")
 CLIENT_CLOSED = 499
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import time
-import uuid
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -191,8 +190,26 @@ class ChatCompletionRequest(_Request):
 
 # ---- responses ------------------------------------------------------------------------
 
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
+def response_id(chat: bool, request_id: str) -> str:
+    """The response's id carries the audit log's request id, so `POST /v1/feedback` with
+    it finds the request (and its A/B variant)."""
+    return f"{'chatcmpl' if chat else 'cmpl'}-{request_id}"
+
+
+def request_of(response: str) -> str | None:
+    """The request id inside a response id, or None when it is not one of ours."""
+    prefix, _, request = response.partition("-")
+    ok = prefix in ("cmpl", "chatcmpl") and len(request) == 32
+    return request if ok and all(c in "0123456789abcdef" for c in request) else None
+
+
+class FeedbackRequest(BaseModel):
+    """A user's score for one response: thumbs (0/1), stars (1-5), any number in range."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(max_length=64, description="the response's id (cmpl-... or chatcmpl-...)")
+    score: float = Field(ge=-1e6, le=1e6, allow_inf_nan=False)
+    comment: str | None = Field(None, max_length=4000)
 
 
 def now() -> int:
