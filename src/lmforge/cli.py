@@ -24,7 +24,9 @@ COMMAND_MODULES = (
     "lmforge.finetune.cli",
     "lmforge.export.cli",
     "lmforge.eval.cli",
+    "lmforge.eval.ablate_cli",
     "lmforge.serve.cli",
+    "lmforge.report.cli",
 )
 
 Handler = Callable[[argparse.Namespace, list[str]], int]

@@ -34,10 +34,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace, overrides: list[str]) -> int:
-    from lmforge.pipeline import run_pipeline
+    from lmforge.pipeline import console, run_pipeline
+    from lmforge.report.page import write_report
 
     cfg = load_config(args.config, overrides)
     run_pipeline(cfg, force=args.force, resume=args.resume, until=args.until)
+    console.print(f"[bold]report[/]: {write_report(cfg.run.path)}")
     return 0
 
 
