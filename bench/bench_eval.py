@@ -4,9 +4,9 @@ The model is the 25m preset (dim 512, 8 layers, GQA 8/4), trained for a few step
 stdlib docs with a BPE tokenizer trained on them, exported as an HF directory; both sides load that
 directory. The tasks are two local task files in lm-eval's format:
 
-  cloze_mc   400 docs: the start of a stdlib doc paragraph, four candidate continuations
+  cloze_mc   1000 docs: 24 words of stdlib docs, four candidate continuations
              (the true next words and three from other paragraphs), acc and acc_norm
-  cloze_gen  48 docs: the same starts, greedy continuation up to 32 tokens, exact_match,
+  cloze_gen  100 docs: the same starts, greedy continuation up to 32 tokens, exact_match,
              bleu and chrf against the true next words
 
   ours  `lmforge eval EXPORT --tasks ...` (log-likelihoods batched whole prompts, generation
@@ -35,19 +35,19 @@ from pathlib import Path
 from measure import line, timed
 
 WORK = Path(__file__).parent / "_work" / "eval"
-MC_DOCS, GEN_DOCS, WORDS, ANSWER_WORDS = 400, 48, 24, 6
+MC_DOCS, GEN_DOCS, WORDS, ANSWER_WORDS = 1000, 100, 24, 6
 TRAIN_STEPS = 150
 
 
 def paragraphs() -> list[list[str]]:
+    """Runs of 30 words from the stdlib doc paragraphs, one after another."""
     import pydoc_data.topics
 
-    words = []
+    size, words = WORDS + ANSWER_WORDS, []
     for text in pydoc_data.topics.topics.values():
         for para in re.split(r"\n\s*\n", text):
             split = para.split()
-            if len(split) >= WORDS + ANSWER_WORDS:
-                words.append(split[:WORDS + ANSWER_WORDS])
+            words += [split[i:i + size] for i in range(0, len(split) - size + 1, size)]
     return words
 
 

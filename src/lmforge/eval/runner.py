@@ -1,17 +1,15 @@
 """The model side of an evaluation: load any lmforge model, encode as lm-eval's hf backend
 does, score log-likelihoods in batches, and generate through the serving engine.
 
-Generation runs on `lmforge.serve.engine.Engine`, the server's continuous batching: every
-prompt of a task is queued at once and the engine keeps `batch_size` sequences decoding
-together, greedy, each ending at EOS, at the task's stop strings or after max_gen_toks.
+Generation runs on the serving engine's core in this process (`lmforge.serve.offline`), the
+server's continuous batching: every prompt of a task is queued at once and `batch_size`
+sequences decode together, greedy, each ending at EOS, a stop string or max_gen_toks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-
-import torch
 
 from lmforge.errors import UserError
 from lmforge.eval.loglik import Pair, Scorer
@@ -69,8 +67,7 @@ class Evaluator:
     def generate(self, contexts: Sequence[str], until: Sequence[str], max_gen_toks: int,
                  label: str) -> list[str]:
         """Greedy continuations, cut before the first stop string (as lm-eval does)."""
-        from lmforge.serve.config import EngineConfig
-        from lmforge.serve.engine import Engine
+        from lmforge.serve.offline import generate
 
         room = self.max_length - max_gen_toks
         if room < 1:
@@ -78,26 +75,11 @@ class Evaluator:
                             f"{self.max_length}-token context; lower it")
         prompts = [self.encode(c)[-room:] or [self.prefix_id] for c in contexts]
         stops = frozenset({self.tok.eos_id}) if self.tok.eos_id is not None else frozenset()
-        cfg = EngineConfig(max_batch=self.batch_size, max_queue=max(len(prompts), 1),
-                           prefix_cache=False, dtype=_dtype_name(self.model),
-                           threads=torch.get_num_threads())  # no HTTP side to leave a core to
-        engine = Engine(self.model, self.tok.decode, cfg, stop_token_ids=stops,
-                        name="eval").start()
-        try:
-            params = SamplingParams(max_tokens=max_gen_toks, temperature=0.0,
-                                    stop=tuple(until))
-            requests = [engine.submit(p, params) for p in prompts]
-            texts = []
-            with count_progress(label, len(requests), "examples") as advance:
-                for req in requests:
-                    delta = engine.wait(req)
-                    if delta.finish_reason == "error":
-                        raise UserError(f"generation failed: {delta.error}")
-                    texts.append(_cut(delta.text, until))
-                    advance(1)
-        finally:
-            engine.stop()
-        return texts
+        params = SamplingParams(max_tokens=max_gen_toks, temperature=0.0, stop=tuple(until))
+        with count_progress(label, len(prompts), "examples") as advance:
+            texts = generate(self.model, self.tok.decode, prompts, params,
+                             max_batch=self.batch_size, stop_token_ids=stops, on_done=advance)
+        return [_cut(t, until) for t in texts]
 
 
 def _cut(text: str, until: Sequence[str]) -> str:
@@ -106,7 +88,3 @@ def _cut(text: str, until: Sequence[str]) -> str:
             text = text.split(stop)[0]
     return text
 
-
-def _dtype_name(model: Transformer) -> str:
-    dtype = next(model.parameters()).dtype
-    return {torch.bfloat16: "bfloat16", torch.float16: "float16"}.get(dtype, "float32")
