@@ -23,6 +23,7 @@ import numpy as np
 
 from lmforge.errors import UserError
 from lmforge.eval import metrics as text_metrics
+from lmforge.eval.loglik import encode_pair
 from lmforge.eval.runner import Evaluator
 from lmforge.eval.tasks import MULTIPLE_CHOICE, ROLLING, Task
 
@@ -125,8 +126,8 @@ def _multiple_choice(task: Task, docs: list[dict], contexts: list[str], ev: Eval
     sep = "" if opts.apply_chat_template else task.config.get("target_delimiter", " ")
     choices = [task.choices(d) for d in docs]
     golds = [task.gold_index(d, c) for d, c in zip(docs, choices, strict=True)]
-    pairs = [ev_pair for ctx, cs in zip(contexts, choices, strict=True)
-             for ev_pair in (_pair(ev, ctx, sep + c) for c in cs)]
+    pairs = [encode_pair(ev.encode, ctx, sep + choice, ev.prefix_id)
+             for ctx, cs in zip(contexts, choices, strict=True) for choice in cs]
     results = iter(ev.loglikelihood(pairs, task.name))
     samples, per_metric = [], {m: [] for m in task.metric_names if m != "macro_f1"}
     preds = []
@@ -154,12 +155,6 @@ def _multiple_choice(task: Task, docs: list[dict], contexts: list[str], ev: Eval
         for sample, row in zip(samples, stats, strict=True):
             sample["stats"] = {"macro_f1": row}
     return out, samples
-
-
-def _pair(ev: Evaluator, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    from lmforge.eval.loglik import encode_pair
-
-    return encode_pair(ev.encode, context, continuation, ev.prefix_id)
 
 
 def _generate(task: Task, docs: list[dict], contexts: list[str], ev: Evaluator,
