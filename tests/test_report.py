@@ -20,7 +20,7 @@ HOSTILE = "<script>window.__pwned=1</script>"
 ESCAPED = "&lt;script&gt;window.__pwned=1&lt;/script&gt;"
 SECTIONS = {"data": "Data", "tokenizer": "Tokenizer", "training": "Training",
             "evaluation": "Evaluation", "comparisons": "Comparisons",
-            "stages": "Compression, export and serving", "config": "Config",
+            "stages": "Export, serving and other stages", "config": "Config",
             "lineage": "Lineage"}
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 

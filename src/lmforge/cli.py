@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "lmforge.train.cli",
     "lmforge.finetune.cli",
     "lmforge.export.cli",
+    "lmforge.compress.cli",
     "lmforge.eval.cli",
     "lmforge.eval.ablate_cli",
     "lmforge.serve.cli",

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
+from lmforge.compress.config import CompressConfig
 from lmforge.data.config import DataConfig
 from lmforge.errors import UserError
 from lmforge.eval.config import EvalConfig
@@ -76,6 +77,7 @@ class Config(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+    compress: CompressConfig = Field(default_factory=CompressConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
 

@@ -79,6 +79,7 @@ STAGE_REFS = (
     "lmforge.train.stage:STAGE",
     "lmforge.finetune.stage:STAGE",
     "lmforge.export.stage:STAGE",
+    "lmforge.compress.stage:STAGE",
     "lmforge.eval.stage:STAGE",
 )
 

@@ -32,9 +32,13 @@ def export_model(source: Path, out: Path, dtype: str = "float32", max_shard_mb: 
     from lmforge.model.lora import merge_lora as merge
     from lmforge.model.peft import read_config
     from lmforge.model.prompt_tuning import prompt_prefix
+    from lmforge.model.quant import dequantize
     from lmforge.sources import find_tokenizer
 
     model, loaded_from = load_model(source)
+    if dequantize(model):  # HF's Llama has no int8/int4 modules: ship the weights they stand for
+        console.print("  export: quantized weights written dequantized (the rounding stays, "
+                      "the size does not); serve the compressed directory itself to keep it")
     if prompt_prefix(model):
         merge_lora = False
     adapter = loaded_from if lora_modules(model) or prompt_prefix(model) else None

@@ -74,6 +74,9 @@ class ModelConfig(Section):
     n_layers: int = Field(4, ge=1)
     n_heads: int = Field(4, ge=1)
     n_kv_heads: int | None = Field(None, ge=1, description="key/value heads (GQA); default n_heads")
+    head_size: int | None = Field(
+        None, ge=2, description="width of one attention head (HF head_dim); default dim / n_heads. "
+        "Set by imports whose heads are wider or narrower, and by head pruning")
     ffn_dim: int | None = Field(None, ge=1, description="SwiGLU hidden size; default ~8/3 dim")
     max_seq_len: int = Field(256, ge=1, description="longest context (RoPE table size)")
     rope_theta: float = Field(10000.0, gt=0)
@@ -100,7 +103,7 @@ class ModelConfig(Section):
 
     @model_validator(mode="after")
     def _shapes(self) -> ModelConfig:
-        if self.dim % self.n_heads:
+        if self.head_size is None and self.dim % self.n_heads:
             raise ValueError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
         if self.head_dim % 2:
             raise ValueError(f"head_dim {self.head_dim} must be even for RoPE")
@@ -113,7 +116,7 @@ class ModelConfig(Section):
 
     @property
     def head_dim(self) -> int:
-        return self.dim // self.n_heads
+        return self.head_size or self.dim // self.n_heads
 
     @property
     def kv_heads(self) -> int:

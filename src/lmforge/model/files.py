@@ -39,6 +39,7 @@ CONFIG = "model_config.json"
 HF_CONFIG = "config.json"
 HF_INDEX = "model.safetensors.index.json"
 ADAPTER_CONFIG = "adapter_config.json"
+QUANT_LAYOUT = "quantization.json"  # which modules are quantized, and how (model/quant.py)
 
 
 def save_model_dir(out: Path, state: dict[str, torch.Tensor], cfg: ModelConfig) -> None:
@@ -52,6 +53,20 @@ def save_model_dir(out: Path, state: dict[str, torch.Tensor], cfg: ModelConfig) 
         atomic_write_json(out / HF_CONFIG, hf_config_dict(cfg))
     except UserError:  # a network no HF family computes (e.g. MoE without QK-norm)
         (out / HF_CONFIG).unlink(missing_ok=True)
+
+
+def save_quantized_dir(out: Path, model: Transformer) -> None:
+    """A quantized model: its buffers as they are (int8/uint8 weights, scales), our config
+    and the layout that rebuilds it. No config.json: transformers cannot run these modules;
+    `lmforge export` writes a dequantized HF directory instead."""
+    from lmforge.model.quant import layout
+
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_safetensors(out / WEIGHTS, state)
+    atomic_write_json(out / CONFIG, model.cfg.model_dump(mode="json"))
+    atomic_write_json(out / QUANT_LAYOUT, {"format": 1, "modules": layout(model)})
+    (out / HF_CONFIG).unlink(missing_ok=True)
 
 
 def save_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
@@ -110,6 +125,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Tr
             cfg = ModelConfig.model_validate(json.loads((model_dir / CONFIG).read_text()))
         except ValueError as e:
             raise UserError(f"{model_dir / CONFIG} is not a valid model config ({e})") from None
+        if (model_dir / QUANT_LAYOUT).is_file():
+            return _load_quantized(model_dir, cfg, device).eval(), model_dir / WEIGHTS
         state = from_hf_state_dict(load_file(str(model_dir / WEIGHTS)), cfg)
         source = model_dir / WEIGHTS
     else:
@@ -133,6 +150,30 @@ def best_checkpoint(path: Path) -> Path | None:
         if (ckpt_dir / checkpoint.BEST).is_file():
             return ckpt_dir / checkpoint.BEST
     return None
+
+
+def _load_quantized(directory: Path, cfg: ModelConfig, device: str | torch.device
+                    ) -> Transformer:
+    """Built on the meta device, quantized modules put in place, then filled from disk."""
+    from lmforge.model.quant import apply_layout
+
+    try:
+        spec = json.loads((directory / QUANT_LAYOUT).read_text(encoding="utf-8"))["modules"]
+    except (ValueError, KeyError) as e:
+        raise UserError(f"{directory / QUANT_LAYOUT} is not a quantization layout ({e}); "
+                        "compress the model again") from None
+    with torch.device("meta"):
+        model = Transformer(cfg)
+        apply_layout(model, spec)
+    model.to_empty(device=device)
+    model.reset_parameters()
+    try:
+        model.load_state_dict(load_file(str(directory / WEIGHTS), device=str(device)))
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise UserError(f"weights in {directory} do not match its quantization layout "
+                        f"({first}); compress the model again") from None
+    return model
 
 
 def _load_hf_export(directory: Path) -> Transformer:

@@ -35,7 +35,7 @@ def stream(model: Transformer, prompt: list[int], max_new_tokens: int, temperatu
     params = SamplingParams(max_new_tokens, temperature=temperature, top_k=top_k or 0,
                             top_p=1.0 if top_p is None else top_p, seed=seed)
     sampler.add([0], [params], [prompt])
-    cache = KVCache(cfg, 1, device=device, dtype=model.model.embed_tokens.weight.dtype)
+    cache = KVCache(cfg, 1, device=device, dtype=model.model.norm.weight.dtype)
     prefix = prompt_prefix(model)
     room = cfg.max_seq_len - len(prefix)
     context = list(prompt[-room:])

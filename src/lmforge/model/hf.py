@@ -166,12 +166,10 @@ def from_hf_config(hf: dict[str, Any]) -> ModelConfig:
                    aux_loss_coef=_get(hf, "router_aux_loss_coef", 0.01))
     heads = hf["num_attention_heads"]
     head_dim = _get(hf, "head_dim", hf["hidden_size"] // heads)
-    if head_dim * heads != hf["hidden_size"]:
-        raise UserError(f"head_dim {head_dim} x {heads} heads != hidden_size "
-                        f"{hf['hidden_size']}: such models are not supported")
     return ModelConfig(
         vocab_size=hf["vocab_size"], dim=hf["hidden_size"], n_layers=hf["num_hidden_layers"],
         n_heads=heads, n_kv_heads=_get(hf, "num_key_value_heads", heads),
+        head_size=None if head_dim * heads == hf["hidden_size"] else head_dim,
         ffn_dim=hf["intermediate_size"], max_seq_len=hf["max_position_embeddings"],
         rope_theta=theta, rope_scaling=scaling, norm_eps=_get(hf, "rms_norm_eps", 1e-6),
         tie_embeddings=bool(_get(hf, "tie_word_embeddings", False)),

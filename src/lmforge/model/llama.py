@@ -321,7 +321,7 @@ class Transformer(nn.Module):
         device = self.rope_cos.device.type
         if torch.is_autocast_enabled(device):
             return torch.get_autocast_dtype(device)
-        return self.model.embed_tokens.weight.dtype
+        return self.model.norm.weight.dtype
 
     def _mask(self, start: int, t: int, doc_ids: Tensor | None) -> tuple[Tensor | None, bool]:
         """(mask, is_causal) for SDPA. The common cases need no mask tensor at all."""

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lmforge.errors import UserError
+from lmforge.model.quant import QuantLinear, fused_quantized
 
 NF4_BLOCK = 64  # weights per 4-bit block, each with its own scale (QLoRA's choice)
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -94,7 +95,10 @@ class LoRALinear(nn.Module):
 def fused_linear(x: Tensor, modules: tuple[nn.Module, ...]) -> Tensor:
     """The outputs of several projections of the same input, concatenated: one matmul over
     their stacked weights (plus each LoRA update), or one call each for quantized bases."""
-    if any(isinstance(getattr(m, "base_layer", m), QuantizedLinear) for m in modules):
+    if all(isinstance(m, QuantLinear) for m in modules):
+        return fused_quantized(modules)(x)
+    if any(isinstance(getattr(m, "base_layer", m), QuantizedLinear | QuantLinear)
+           for m in modules):
         return torch.cat([m(x) for m in modules], dim=-1)
     biases = [m.bias for m in modules]
     out = F.linear(x, fused_weight(modules), None if biases[0] is None else torch.cat(biases))

@@ -15,6 +15,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from lmforge.io import atomic_write_text
 from lmforge.report.artifacts import Run, open_run, read_json
+from lmforge.report.compression import compression_section
 from lmforge.report.data import data_figures, data_section
 from lmforge.report.lineage import config_section, lineage_section
 from lmforge.report.parts import Section, cell, is_number
@@ -48,7 +49,7 @@ def _data(run: Run) -> Section | None:
 # Section builders in page order; each returns None when its artifacts are absent.
 BUILDERS: tuple[Callable[[Run], Section | None], ...] = (
     _data, tokenizer_section, training_section, evaluation_section, comparisons_section,
-    stages_section, config_section, lineage_section,
+    compression_section, stages_section, config_section, lineage_section,
 )
 
 

@@ -14,7 +14,7 @@ from lmforge.report.artifacts import Run, read_json
 from lmforge.report.parts import Section, Table, cell, is_number, key_values
 
 Z95 = 1.959964  # two-sided 95% normal quantile
-OWN_SECTIONS = ("data", "tokenizer", "tokenize", "pretrain", "finetune", "eval")
+OWN_SECTIONS = ("data", "tokenizer", "tokenize", "pretrain", "finetune", "eval", "compress")
 EXTRA_DIRS = ("serve", "bench")  # JSON files there are shown even without a manifest
 
 
@@ -90,7 +90,7 @@ def _extra_files(run_dir: Path) -> list[Path]:
 
 
 def stages_section(run: Run) -> Section | None:
-    """Compression, export, serving and any stage without its own section: their metrics."""
+    """Export, serving and any stage without its own section: their metrics."""
     tables = [key_values(m.get("metrics") or {}, f"{name} (manifest metrics)", ("metric", "value"))
               for name, m in run.manifests.items() if name not in OWN_SECTIONS]
     for path in _extra_files(run.dir):
@@ -100,5 +100,5 @@ def stages_section(run: Run) -> Section | None:
             tables.append(key_values(content, title, ("metric", "value")))
     if not tables:
         return None
-    return Section("stages", "Compression, export and serving", "sections/tables.html.jinja",
+    return Section("stages", "Export, serving and other stages", "sections/tables.html.jinja",
                    {"tables": tables})

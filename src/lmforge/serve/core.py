@@ -139,7 +139,7 @@ class EngineCore:
     def _check(self, rid: int, prompt: list[int], params: SamplingParams) -> None:
         if rid in self.requests:
             raise ValueError(f"request id {rid} is already in use")
-        context, vocab = self.runner.context, self.runner.embed.size(0)  # virtual ids too
+        context, vocab = self.runner.context, self.runner.embed_rows  # virtual ids too
         if not 0 < len(prompt) < context:
             raise ValueError(f"the prompt has {len(prompt)} tokens; it must have 1 to "
                              f"{context - 1} (the model's context is {context})")

@@ -38,7 +38,7 @@ def score(runner: Runner, hidden: Tensor, targets: list[int], top: int) -> list[
     """Logprob of targets[i] under the logits of hidden state i (the position before it),
     with the `top` most likely tokens there."""
     out: list[TokenLogprob] = []
-    top = min(top, runner.head_t.size(1))
+    top = min(top, runner.vocab)
     for start in range(0, len(targets), SCORE_ROWS):
         logits = runner.logits(hidden[start:start + SCORE_ROWS]).float()
         logprobs = logits.log_softmax(dim=-1).clamp(min=LOGPROB_FLOOR)

@@ -43,20 +43,34 @@ from torch import Tensor
 
 from lmforge.model.llama import Transformer
 from lmforge.model.prompt_tuning import PromptEmbedding
+from lmforge.model.quant import QuantEmbedding, QuantLinear, concat
 from lmforge.serve.adapters import ServedAdapter
 
 BUCKET = 16
 
 
+# a projection: its weight transposed (K, N), or a quantized module run on its own kernel
+Weight = Tensor | QuantLinear
+
+
+def mm(x: Tensor, w: Weight) -> Tensor:
+    return torch.mm(x, w) if isinstance(w, Tensor) else w(x)
+
+
+def addmm(acc: Tensor, x: Tensor, w: Weight) -> Tensor:
+    """acc + x @ w, fused into one op for dense weights."""
+    return torch.addmm(acc, x, w) if isinstance(w, Tensor) else acc + w(x)
+
+
 @dataclass
 class Layer:
     norm_in: Tensor  # doubled, see Runner._rms
-    qkv_t: Tensor
-    qkv_bias: Tensor | None  # Qwen2's q/k/v biases
-    o_t: Tensor
+    qkv_t: Weight
+    qkv_bias: Tensor | None  # Qwen2's q/k/v biases (inside the module when quantized)
+    o_t: Weight
     norm_post: Tensor
-    gate_up_t: Tensor | None  # None: the block's MoE module runs instead
-    down_t: Tensor | None
+    gate_up_t: Weight | None  # None: the block's MoE module runs instead
+    down_t: Weight | None
     moe: torch.nn.Module | None
     q_norm: Tensor | None
     k_norm: Tensor | None
@@ -110,10 +124,17 @@ class Runner:
             [{g: (self._own(a), self._own(b)) for g, (a, b) in layer.items()}
              for layer in adapter.layers] for adapter in adapters]
         embed = model.model.embed_tokens  # a prompt-tuned model's virtual rows come after
-        self.embed = self._own(embed.table() if isinstance(embed, PromptEmbedding)
-                               else embed.weight)
+        if isinstance(embed, QuantEmbedding):  # rows dequantized as they are looked up
+            self.embed: Tensor | QuantEmbedding = copy.deepcopy(embed).to(device, dtype)
+        else:
+            self.embed = self._own(embed.table() if isinstance(embed, PromptEmbedding)
+                                   else embed.weight)
+        # rows of the table (a prompt-tuned model's virtual ids too) and of the head's output
+        self.embed_rows = (self.embed.size(0) if isinstance(self.embed, Tensor)
+                           else self.embed.num_embeddings)
+        self.vocab = cfg.vocab
         self.norm = self._norm(model.model.norm.weight)
-        self.head_t = self._own(model.lm_head.weight).t().contiguous()
+        self.head_t = self._weight(model.lm_head)
         # per position: cos, then sin with rotate_half's sign, over all q and k heads
         half = self.head_dim // 2
         cos, sin = self._own(model.rope_cos), self._own(model.rope_sin)
@@ -140,22 +161,29 @@ class Runner:
         w = self._own(weight)
         return torch.cat((w, w))
 
+    def _weight(self, *projections: torch.nn.Module) -> Weight:
+        """Projections of one input as one operand: dense weights stacked and transposed,
+        quantized ones fused into one module on their kernel."""
+        if all(isinstance(p, QuantLinear) for p in projections):
+            fused = projections[0] if len(projections) == 1 else concat(list(projections))
+            return copy.deepcopy(fused).to(self.device)
+        return torch.cat([self._own(p.weight) for p in projections]).t().contiguous()
+
     @torch.no_grad()
     def _layer(self, block: torch.nn.Module) -> Layer:
         attn, mlp = block.self_attn, block.mlp
-        qkv = torch.cat([self._own(p.weight) for p in (attn.q_proj, attn.k_proj, attn.v_proj)])
+        qkv = (attn.q_proj, attn.k_proj, attn.v_proj)
         dense = hasattr(mlp, "gate_proj")
+        quantized = isinstance(attn.q_proj, QuantLinear)
         return Layer(
             norm_in=self._norm(block.input_layernorm.weight),
-            qkv_t=qkv.t().contiguous(),
-            qkv_bias=None if attn.q_proj.bias is None else torch.cat(
-                [self._own(p.bias) for p in (attn.q_proj, attn.k_proj, attn.v_proj)]),
-            o_t=self._own(attn.o_proj.weight).t().contiguous(),
+            qkv_t=self._weight(*qkv),
+            qkv_bias=None if attn.q_proj.bias is None or quantized else torch.cat(
+                [self._own(p.bias) for p in qkv]),
+            o_t=self._weight(attn.o_proj),
             norm_post=self._norm(block.post_attention_layernorm.weight),
-            gate_up_t=torch.cat((self._own(mlp.gate_proj.weight),
-                                 self._own(mlp.up_proj.weight))).t().contiguous()
-            if dense else None,
-            down_t=self._own(mlp.down_proj.weight).t().contiguous() if dense else None,
+            gate_up_t=self._weight(mlp.gate_proj, mlp.up_proj) if dense else None,
+            down_t=self._weight(mlp.down_proj) if dense else None,
             moe=None if dense else copy.deepcopy(mlp).to(device=self.device, dtype=self.dtype),
             q_norm=self._own(attn.q_norm.weight) if attn.q_norm is not None else None,
             k_norm=self._own(attn.k_norm.weight) if attn.k_norm is not None else None,
@@ -183,11 +211,11 @@ class Runner:
         h = self._rms(x, layer.norm_post)
         if layer.moe is not None:
             return x + layer.moe(h)
-        gate_up = torch.mm(h, layer.gate_up_t)
+        gate_up = mm(h, layer.gate_up_t)
         self._lora(gate_up, h, i, "gate_up", lora)
         gate, up = gate_up.chunk(2, dim=-1)
         act = F.silu(gate) * up
-        return self._lora(torch.addmm(x, act, layer.down_t), act, i, "down", lora)
+        return self._lora(addmm(x, act, layer.down_t), act, i, "down", lora)
 
     def _lora(self, out: Tensor, x: Tensor, layer: int, group: str, lora: AdapterRows
               ) -> Tensor:
@@ -216,7 +244,7 @@ class Runner:
 
     def logits(self, x: Tensor) -> Tensor:
         """The output head over last hidden states (N, dim): logits (N, V)."""
-        return torch.mm(self._rms(x, self.norm), self.head_t)
+        return mm(self._rms(x, self.norm), self.head_t)
 
     def free(self, slot: int) -> None:
         """Close a slot's mask row (position 0 stays open so a dummy row stays finite)."""
@@ -302,11 +330,11 @@ class Runner:
             ids, pos = torch.cat((decode.tokens, pack.ids)), torch.cat((decode.pos, pack.pos))
         views = self._open_decode(decode) if decode is not None else None
         lora = self.adapter_rows(row_adapters)
-        x = F.embedding(ids, self.embed)
+        x = F.embedding(ids, self.embed) if isinstance(self.embed, Tensor) else self.embed(ids)
         cos, sin = self.rope[pos].split(self.n_qk, dim=1)
         for i, layer in enumerate(self.layers):
             h = self._rms(x, layer.norm_in)
-            qkv = torch.mm(h, layer.qkv_t) if layer.qkv_bias is None else torch.addmm(
+            qkv = mm(h, layer.qkv_t) if layer.qkv_bias is None else torch.addmm(
                 layer.qkv_bias, h, layer.qkv_t)
             self._lora(qkv, h, i, "qkv", lora)
             qk = self._rope(layer, qkv, cos, sin)
@@ -317,7 +345,7 @@ class Runner:
             else:
                 y = torch.cat((self._attend_decode(views[i], qk[:b], qkv[:b]),
                                self._attend_pack(i, qk[b:], qkv[b:], pack)))
-            x = self._lora(torch.addmm(x, y, layer.o_t), y, i, "o", lora)
+            x = self._lora(addmm(x, y, layer.o_t), y, i, "o", lora)
             x = self._mlp(i, x, lora)
         if pack is not None:
             self._open_pack(pack)
