@@ -39,7 +39,7 @@ def compress_model(source: Path, out: Path, ccfg: CompressConfig, data_dir: Path
     original_params = model.num_params()
     model, done = apply_method(model, ccfg, tokenizer_dir, data_dir)
     model_dir = out / "model"
-    _save(model, model_dir, tokenizer_dir, ccfg)
+    save_compressed(model, model_dir, tokenizer_dir, ccfg)
     atomic_write_json(out / "compress.json", {"source": str(source_file), **done})
     seconds = time.perf_counter() - started
     console.print(f"compress: {ccfg.method} in {seconds:.1f} s -> {model_dir}")
@@ -129,8 +129,8 @@ def calibration_set(ccfg: CompressConfig, tokenizer_dir: Path, data_dir: Path | 
     return windows, {"source": str(path), "windows": len(windows), "seq_len": seq_len}
 
 
-def _save(model: torch.nn.Module, model_dir: Path, tokenizer_dir: Path,
-          ccfg: CompressConfig) -> None:
+def save_compressed(model: torch.nn.Module, model_dir: Path, tokenizer_dir: Path,
+                    ccfg: CompressConfig) -> None:
     from lmforge.model.files import save_model_dir, save_quantized_dir
 
     if ccfg.quantizes:

@@ -69,6 +69,7 @@ def agreement(a: list[list[int]], b: list[list[int]]) -> dict[str, float]:
     identical = sum(x == y for x, y in zip(a, b, strict=True)) / len(a)
     prefix = []
     for x, y in zip(a, b, strict=True):
-        same = next((i for i, (p, q) in enumerate(zip(x, y, strict=False)) if p != q), min(len(x), len(y)))
+        pairs = zip(x, y, strict=False)
+        same = next((i for i, (p, q) in enumerate(pairs) if p != q), min(len(x), len(y)))
         prefix.append(same / max(len(x), 1))
     return {"identical_sequences": identical, "mean_prefix_share": sum(prefix) / len(prefix)}

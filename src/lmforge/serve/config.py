@@ -49,6 +49,9 @@ class EngineConfig(Section):
         True, description="a prompt that starts like a sequence in another cache slot reuses "
         "that slot's keys for the shared part and is prefilled for the rest only"
     )
+    kv_cache_dtype: Literal["auto", "int8"] = Field(
+        "auto", description="auto: the engine's dtype; int8: keys and values rounded per vector "
+        "(a quarter of fp32's cache memory, dequantized as attention reads them)")
     stop_tokens: list[str] = Field(
         default_factory=lambda: ["<|end|>"],
         description="special tokens that end a reply besides eos (skipped when not in the vocab)",

@@ -90,7 +90,8 @@ class EngineCore:
         device = torch.device(cfg.device)
         self.device = device
         self.stop_token_ids = stop_token_ids
-        self.runner = Runner(model, cfg.max_batch, dtype, device, adapters)
+        self.runner = Runner(model, cfg.max_batch, dtype, device, adapters,
+                             kv_int8=cfg.kv_cache_dtype == "int8")
         self.sampler = Sampler(cfg.max_batch, model.cfg.vocab, device)
         self.scheduler: Scheduler[CoreRequest] = Scheduler(cfg.max_batch,
                                                            cfg.max_prefill_tokens)

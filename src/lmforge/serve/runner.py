@@ -110,7 +110,8 @@ class Runner:
     """Slot-based KV cache and forward passes over a `Transformer`'s weights (copied)."""
 
     def __init__(self, model: Transformer, slots: int, dtype: torch.dtype,
-                 device: torch.device, adapters: list[ServedAdapter] | tuple = ()) -> None:
+                 device: torch.device, adapters: list[ServedAdapter] | tuple = (),
+                 kv_int8: bool = False) -> None:
         cfg = model.cfg
         self.cfg, self.slots, self.dtype, self.device = cfg, slots, dtype, device
         self.heads, self.kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
@@ -142,9 +143,14 @@ class Runner:
         heads = self.heads + self.kv_heads
         self.rope = torch.cat((cos.repeat(1, heads), sin.repeat(1, heads)), dim=1).contiguous()
         shape = (cfg.n_layers, slots, self.kv_heads, self.context, self.head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        # int8: each key/value vector rounded with its own scale (a quarter of fp32's bytes)
+        self.kv_int8 = kv_int8
+        self.k = torch.zeros(shape, dtype=torch.int8 if kv_int8 else dtype, device=device)
+        self.v = torch.zeros_like(self.k)
         self.k_layers, self.v_layers = list(self.k.unbind(0)), list(self.v.unbind(0))
+        scale_shape = (*shape[:-1], 1) if kv_int8 else (0,)
+        self.k_scale = torch.zeros(scale_shape, dtype=dtype, device=device)
+        self.v_scale = torch.zeros_like(self.k_scale)
         self._view_cache: dict[tuple[int, int], tuple[Tensor, list[tuple[Tensor, ...]]]] = {}
         self.mask = torch.full((slots, self.context), float("-inf"), dtype=dtype, device=device)
         self.mask[:, 0] = 0.0
@@ -291,8 +297,8 @@ class Runner:
     def copy_prefix(self, source: int, target: int, length: int) -> None:
         """Give slot `target` the keys and values of slot `source`'s first `length`
         positions (a prompt that starts the way another sequence did)."""
-        self.k[:, target, :, :length] = self.k[:, source, :, :length]
-        self.v[:, target, :, :length] = self.v[:, source, :, :length]
+        for cache in (self.k, self.v, *((self.k_scale, self.v_scale) if self.kv_int8 else ())):
+            cache[:, target, :, :length] = cache[:, source, :, :length]
 
     @torch.no_grad()
     def prefill(self, slots: list[int], prompts: list[list[int]],
@@ -372,10 +378,18 @@ class Runner:
         return [(*cache, mask, where) for cache in caches]
 
     def _attend_decode(self, view: tuple[Tensor, ...], qk: Tensor, qkv: Tensor) -> Tensor:
-        k_cache, v_cache, keys, values, mask, where = view
+        k_cache, v_cache, keys, values, *scales, mask, where = view
         b, hd, kvh = qk.size(0), self.head_dim, self.kv_heads
-        k_cache.scatter_(2, where, qk[:, self.n_q:].view(b, kvh, 1, hd))
-        v_cache.scatter_(2, where, qkv[:, self.n_qk:].view(b, kvh, 1, hd))
+        k, v = qk[:, self.n_q:].view(b, kvh, 1, hd), qkv[:, self.n_qk:].view(b, kvh, 1, hd)
+        if self.kv_int8:
+            ks_cache, vs_cache, k_scales, v_scales = scales
+            (k, k_s), (v, v_s) = quantize_kv(k), quantize_kv(v)
+            ks_cache.scatter_(2, where[..., :1], k_s)
+            vs_cache.scatter_(2, where[..., :1], v_s)
+        k_cache.scatter_(2, where, k)
+        v_cache.scatter_(2, where, v)
+        if self.kv_int8:
+            keys, values = keys.to(self.dtype) * k_scales, values.to(self.dtype) * v_scales
         y = F.scaled_dot_product_attention(
             qk[:, :self.n_q].view(b, self.heads, 1, hd), keys, values, attn_mask=mask,
             enable_gqa=kvh != self.heads)
@@ -385,8 +399,15 @@ class Runner:
         n, hd, kvh = qk.size(0), self.head_dim, self.kv_heads
         k = qk[:, self.n_q:].reshape(n * kvh, hd)
         v = qkv[:, self.n_qk:].reshape(n * kvh, hd)
-        self.k_layers[layer].view(-1, hd).index_copy_(0, pack.rows, k)
-        self.v_layers[layer].view(-1, hd).index_copy_(0, pack.rows, v)
+        if self.kv_int8:
+            (k_q, k_s), (v_q, v_s) = quantize_kv(k), quantize_kv(v)
+            self.k_layers[layer].view(-1, hd).index_copy_(0, pack.rows, k_q)
+            self.v_layers[layer].view(-1, hd).index_copy_(0, pack.rows, v_q)
+            self.k_scale[layer].view(-1, 1).index_copy_(0, pack.rows, k_s)
+            self.v_scale[layer].view(-1, 1).index_copy_(0, pack.rows, v_s)
+        else:
+            self.k_layers[layer].view(-1, hd).index_copy_(0, pack.rows, k)
+            self.v_layers[layer].view(-1, hd).index_copy_(0, pack.rows, v)
         if pack.spans is not None:
             return self._attend_spans(layer, qk[:, :self.n_q], pack.spans)
         y = F.scaled_dot_product_attention(
@@ -403,9 +424,13 @@ class Runner:
         keys, values, hd = self.k_layers[layer], self.v_layers[layer], self.head_dim
         out = []
         for slot, first, n, length, mask in spans:
+            k, v = keys[slot, :, :length], values[slot, :, :length]
+            if self.kv_int8:
+                k = k.to(self.dtype) * self.k_scale[layer, slot, :, :length]
+                v = v.to(self.dtype) * self.v_scale[layer, slot, :, :length]
             y = F.scaled_dot_product_attention(
                 q[first:first + n].view(n, self.heads, hd).transpose(0, 1).unsqueeze(0),
-                keys[slot, :, :length].unsqueeze(0), values[slot, :, :length].unsqueeze(0),
+                k.unsqueeze(0), v.unsqueeze(0),
                 attn_mask=mask, enable_gqa=self.kv_heads != self.heads)
             out.append(y[0].transpose(0, 1).reshape(n, -1))
         return torch.cat(out) if len(out) > 1 else out[0]
@@ -435,5 +460,14 @@ class Runner:
         if key not in self._view_cache:
             rows = [(k[:b], v[:b], k[:b, :, :length], v[:b, :, :length])
                     for k, v in zip(self.k_layers, self.v_layers, strict=True)]
+            if self.kv_int8:  # and each position's scales, written and read alike
+                rows = [(*row, ks[:b], vs[:b], ks[:b, :, :length], vs[:b, :, :length])
+                        for row, ks, vs in zip(rows, self.k_scale, self.v_scale, strict=True)]
             self._view_cache[key] = (self.mask[:b, :length].view(b, 1, 1, length), rows)
         return self._view_cache[key]
+
+
+def quantize_kv(x: Tensor) -> tuple[Tensor, Tensor]:
+    """int8 values and the scale of each vector along the last axis (symmetric, max/127)."""
+    scale = x.abs().amax(dim=-1, keepdim=True).clamp(min=1e-8) / 127
+    return (x / scale).round().clamp(-127, 127).to(torch.int8), scale.to(x.dtype)
