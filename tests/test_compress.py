@@ -81,10 +81,20 @@ def test_quantized_models_round_trip_within_a_bound(run, tmp_path, method, bound
 def test_generate_eval_and_export_load_a_compressed_model(run, tmp_path, capsys):
     from transformers import AutoModelForCausalLM
 
+    from lmforge.model.quant import is_quantized
+    from lmforge.model.sampling import SamplingParams
+    from lmforge.serve.artifacts import load_served_model
+    from lmforge.serve.offline import generate
+
     out = tmp_path / "int4"
     assert main(["compress", str(run), "-o", str(out), "--method", "int4-weight",
                  "--calibration", "rtn", "--group-size", "32", "--perplexity", *FAST]) == 0
     assert main(["generate", str(out), "--prompt", "The", "--max-new-tokens", "5"]) == 0
+    served = load_served_model(out)  # what serve and chat load, run by the engine
+    assert is_quantized(served.model)
+    text = generate(served.model, served.tokenizer.decode, [served.tokenizer.encode("The")],
+                    SamplingParams(4, temperature=0.0, ignore_eos=True), max_batch=1)
+    assert len(text) == 1 and text[0]
     assert main(["eval", str(out), "--perplexity", str(run / "data" / "test"),
                  "-o", str(tmp_path / "eval")]) == 0
     assert main(["export", str(out), "-o", str(tmp_path / "hf")]) == 0

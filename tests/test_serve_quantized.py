@@ -84,7 +84,7 @@ def test_an_int8_kv_cache_survives_prefix_reuse():
     runner = Runner(base, 4, torch.float32, torch.device("cpu"), kv_int8=True)
     first = [5, 6, 7, 8, 9, 10, 11, 12]
     with torch.inference_mode():
-        whole = runner.prefill([0], [first + [13, 14]])
+        whole = runner.prefill([0], [[*first, 13, 14]])
         runner.prefill([1], [first])
         runner.copy_prefix(1, 2, len(first))
         rest = runner.step(None, runner.pack([2], [[13, 14]], [len(first)]))[1]

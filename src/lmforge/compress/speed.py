@@ -2,7 +2,7 @@
 
 Both run through `serve.offline.generate` (the engine's scheduler, runner and sampler) at
 batch 1 and 8, greedy, `tokens` new tokens per sequence with eos ignored, alternately, best
-of two timed runs after a warm-up (the machine is shared; a ratio measured in one process is
+of three timed runs after a warm-up (the machine is shared; a ratio measured in one process is
 what counts). The greedy tokens of the two are compared too: the share of sequences whose
 tokens are identical, and the mean share of each sequence's tokens before the first
 difference (rounding moves a near-tie, after which the sequences part ways).
@@ -32,7 +32,7 @@ def decode_speed(original: Path, compressed: Path, tokens: int) -> dict[str, Any
     texts: dict[str, list[list[int]]] = {}
     for batch in (1, 8):
         rates: dict[str, list[float]] = {name: [] for name in models}
-        for round_ in range(3):
+        for round_ in range(4):
             for name, model in models.items():
                 seconds, ids = _generate(model, prompts[:batch], tokens)
                 if round_:  # the first round warms up

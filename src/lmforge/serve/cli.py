@@ -32,6 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--device", help="cpu, cuda or cuda:N")
     serve.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
     serve.add_argument("--max-batch", type=int, help="sequences decoded together")
+    serve.add_argument("--kv-cache-dtype", choices=["auto", "int8"],
+                       help="int8: keys and values held in int8 (a quarter of fp32's memory)")
     serve.add_argument("--max-queue", type=int, help="waiting requests before 503")
     serve.add_argument("--audit", metavar="PATH", help="audit log SQLite file")
     serve.add_argument("--no-audit", action="store_true", help="keep no audit log")
@@ -125,7 +127,8 @@ def _serve(args: argparse.Namespace, overrides: list[str]) -> int:
         raise UserError("--adapter needs a PATH to serve it over; in a config, list adapters "
                         "under the model's adapters:")
     engine = {k: v for k, v in (("device", args.device), ("dtype", args.dtype),
-                                ("max_batch", args.max_batch), ("max_queue", args.max_queue))
+                                ("max_batch", args.max_batch), ("max_queue", args.max_queue),
+                                ("kv_cache_dtype", args.kv_cache_dtype))
               if v is not None}
     if engine:
         updates["engine"] = sc.engine.model_copy(update=engine)

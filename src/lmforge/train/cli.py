@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--device", default="cpu", help="cpu or cuda")
     gen.add_argument("--ignore-eos", action="store_true",
                      help="go on past eos and the end-of-turn token (default: stop there)")
+    gen.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                     help="onnx: run an `lmforge export --format onnx` directory with ONNX "
+                     "Runtime on the CPU, without importing torch")
     gen.set_defaults(handler=_generate)
 
     est = sub.add_parser(
@@ -94,6 +98,20 @@ def _pretrain(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def _generate(args: argparse.Namespace, overrides: list[str]) -> int:
+    if args.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    if not 0 < args.top_p <= 1:
+        raise UserError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.top_k < 0 or args.temperature < 0:
+        raise UserError("--top-k and --temperature must be >= 0")
+    if args.backend == "onnx":  # numpy, onnxruntime and tokenizers only: torch stays unloaded
+        from lmforge.export.onnx_runner import OnnxLM
+
+        if args.device != "cpu":
+            raise UserError("--backend onnx runs on the CPU; drop --device")
+        lm = OnnxLM(Path(args.checkpoint), Path(args.tokenizer) if args.tokenizer else None)
+        return _write_samples(args, lm.tokenizer, lm.encode(args.prompt), lm.stop_ids,
+                              lm.stream)
     import torch
 
     from lmforge.model.files import load_model
@@ -101,24 +119,24 @@ def _generate(args: argparse.Namespace, overrides: list[str]) -> int:
     from lmforge.sources import find_tokenizer
     from lmforge.tokenizer.chat_tokenizer import ChatTokenizer
 
-    if args.max_new_tokens < 1:
-        raise UserError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
-    if not 0 < args.top_p <= 1:
-        raise UserError(f"--top-p must be in (0, 1], got {args.top_p}")
-    if args.top_k < 0 or args.temperature < 0:
-        raise UserError("--top-k and --temperature must be >= 0")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda but no CUDA GPU is visible; use --device cpu")
     model, source = load_model(args.checkpoint, args.device)
     tok = ChatTokenizer(Path(args.tokenizer) if args.tokenizer else find_tokenizer(source))
-    prompt = tok.encode(args.prompt)
+    return _write_samples(args, tok, tok.encode(args.prompt), tok.chat_stop_ids(),
+                          functools.partial(stream, model))
+
+
+def _write_samples(args: argparse.Namespace, tok: Any, prompt: list[int],
+                   stop_ids: frozenset[int], stream: Callable[..., Iterator[int]]) -> int:
+    """Print --num-samples continuations of the prompt as they are generated."""
     if not prompt:
         raise UserError("the prompt encodes to no tokens; pass a non-empty --prompt")
-    stops = () if args.ignore_eos else tok.chat_stop_ids()
+    stops = () if args.ignore_eos else stop_ids
     for i in range(args.num_samples):
         seed = None if args.seed is None else args.seed + i
         sys.stdout.write(args.prompt)
-        for text in decoded(tok, stream(model, prompt, args.max_new_tokens,
+        for text in decoded(tok, stream(prompt, args.max_new_tokens,
                                         temperature=args.temperature, top_k=args.top_k or None,
                                         top_p=args.top_p, seed=seed, stop_ids=stops)):
             sys.stdout.write(text)
