@@ -78,6 +78,17 @@ def test_quantized_models_round_trip_within_a_bound(run, tmp_path, method, bound
         assert report["speed"]["greedy_agreement"]["mean_prefix_share"] >= 0.75
 
 
+def test_a_tied_model_quantized_without_its_embedding_round_trips(run, tmp_path):
+    out = tmp_path / "proj"
+    assert main(["compress", str(run), "-o", str(out), "--method", "int8-weight",
+                 "--perplexity", "--compress.embeddings=false", *FAST]) == 0
+    compressed, _ = load_model(out)
+    assert compressed.lm_head.weight is compressed.model.embed_tokens.weight
+    ids = torch.randint(0, 512, (1, 12), generator=torch.Generator().manual_seed(3))
+    original, _ = load_model(run)
+    assert (logits_of(compressed, ids) - logits_of(original, ids)).abs().max() < 0.5
+
+
 def test_generate_eval_and_export_load_a_compressed_model(run, tmp_path, capsys):
     from transformers import AutoModelForCausalLM
 

@@ -21,6 +21,8 @@ FAMILIES = {
         tie_word_embeddings=False, rope_scaling={"rope_type": "linear", "factor": 2.0})),
     "qwen2-bias": ("Qwen2Config", dict(tie_word_embeddings=False)),
     "mistral-window": ("MistralConfig", dict(sliding_window=8, tie_word_embeddings=False)),
+    # heads wider than hidden / heads, as Qwen3 ships them (and as head pruning leaves them)
+    "llama-wide-heads": ("LlamaConfig", dict(head_dim=32, tie_word_embeddings=True)),
 }
 
 
@@ -48,6 +50,8 @@ def test_an_hf_model_loads_with_transformers_logits(tmp_path, family):
         assert ours.cfg.qkv_bias
     if family == "mistral-window":
         assert ours.cfg.sliding_window == 8
+    if family == "llama-wide-heads":
+        assert ours.cfg.head_dim == 32 and ours.cfg.head_size == 32
 
 
 def test_an_unsupported_architecture_names_the_supported_ones(tmp_path):

@@ -63,6 +63,9 @@ def save_quantized_dir(out: Path, model: Transformer) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    head, table = (getattr(m, "weight", None) for m in (model.lm_head, model.model.embed_tokens))
+    if head is not None and head is table:
+        state.pop("lm_head.weight")  # still tied (embeddings kept in float): stored once
     save_safetensors(out / WEIGHTS, state)
     atomic_write_json(out / CONFIG, model.cfg.model_dump(mode="json"))
     atomic_write_json(out / QUANT_LAYOUT, {"format": 1, "modules": layout(model)})
@@ -166,9 +169,14 @@ def _load_quantized(directory: Path, cfg: ModelConfig, device: str | torch.devic
         model = Transformer(cfg)
         apply_layout(model, spec)
     model.to_empty(device=device)
+    if cfg.tie_embeddings and isinstance(model.lm_head, torch.nn.Linear):
+        model.lm_head.weight = model.model.embed_tokens.weight  # to_empty untied the pair
     model.reset_parameters()
+    state = load_file(str(directory / WEIGHTS), device=str(device))
+    if "lm_head.weight" not in state and "model.embed_tokens.weight" in state:
+        state["lm_head.weight"] = state["model.embed_tokens.weight"]  # tied, stored once
     try:
-        model.load_state_dict(load_file(str(directory / WEIGHTS), device=str(device)))
+        model.load_state_dict(state)
     except RuntimeError as e:
         first = str(e).splitlines()[0]
         raise UserError(f"weights in {directory} do not match its quantization layout "
