@@ -22,10 +22,13 @@ PROMPTS = ("The", "In the beginning", "def main():", "Once upon a time", "import
 
 def decode_speed(original: Path, compressed: Path, tokens: int) -> dict[str, Any]:
     from lmforge.model.files import load_model
+    from lmforge.model.lora import lora_modules, merge_lora
     from lmforge.model.tokenizer import load_tokenizer
     from lmforge.sources import find_tokenizer
 
     models = {"original": load_model(original)[0], "compressed": load_model(compressed)[0]}
+    if lora_modules(models["original"]):  # a fine-tuned run: the engine runs it merged
+        merge_lora(models["original"])
     codec = load_tokenizer(find_tokenizer(compressed / "model.safetensors"))
     prompts = [codec.encode(p) or [0] for p in PROMPTS]
     out: dict[str, Any] = {"tokens": tokens}

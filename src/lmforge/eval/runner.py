@@ -15,6 +15,7 @@ from lmforge.errors import UserError
 from lmforge.eval.loglik import Pair, Scorer
 from lmforge.model.files import best_checkpoint, finetune_dir, load_model
 from lmforge.model.llama import Transformer
+from lmforge.model.lora import lora_modules, merge_lora
 from lmforge.model.prompt_tuning import prompt_prefix
 from lmforge.model.sampling import SamplingParams
 from lmforge.progress import count_progress
@@ -50,6 +51,8 @@ class Evaluator:
         path = local_path(spec)
         pick = path if finetune_dir(path) else best_checkpoint(path) or path
         model, source = load_model(pick)
+        if lora_modules(model):  # generation runs on the engine, which runs plain weights
+            merge_lora(model)
         return cls(model, ChatTokenizer(find_tokenizer(source)), str(spec), batch_size,
                    max_length)
 
