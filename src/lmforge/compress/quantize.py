@@ -24,7 +24,13 @@ import torch
 from torch import Tensor, nn
 
 from lmforge.compress.calibrate import PROJECTIONS, InputStats
-from lmforge.model.quant import QuantEmbedding, QuantLinear, fake_quantize_int4, quantize_int4
+from lmforge.model.quant import (
+    QuantEmbedding,
+    QuantLinear,
+    fake_quantize_int4,
+    quantize_int4,
+    replace_module,
+)
 
 METHODS = {"int8-weight": "int8", "int8-dynamic": "int8-dyn", "int4-weight": "int4"}
 # projections that read the same input share one AWQ scale (they run as one fused matmul)
@@ -63,7 +69,7 @@ def quantize_model(model: nn.Module, method: str, group_size: int = 64,
             for name, linear in zip(names, linears, strict=True):
                 quantized = _quantize(linear.weight, linear.bias, kind, group_size, scale,
                                       stats.get(name) if calibrated else None)
-                _set(model, name, quantized)
+                replace_module(model, name, quantized)
                 done["modules"] += 1
     if embeddings:
         done["embeddings"] = _quantize_embeddings(model, kind, group_size)
@@ -83,7 +89,7 @@ def _quantize_gptq(model: nn.Module, group_size: int, stats: dict[str, InputStat
         for key, value in gptq_int4(linear.weight, stats[name].xtx, group_size).items():
             getattr(module, key).copy_(value)
         module.prepare()
-        _set(model, name, module)
+        replace_module(model, name, module)
         done["modules"] += 1
     if embeddings:
         head = model.lm_head.weight.detach().clone()
@@ -179,8 +185,3 @@ def _fits(linear: nn.Module, kind: str, group_size: int) -> bool:
 
 def _parent(leaf: str) -> str:
     return "self_attn" if leaf in ("q_proj", "k_proj", "v_proj", "o_proj") else "mlp"
-
-
-def _set(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, leaf = name.rpartition(".")
-    setattr(model.get_submodule(parent), leaf, module)

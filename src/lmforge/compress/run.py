@@ -25,9 +25,6 @@ from lmforge.errors import UserError
 from lmforge.io import atomic_path, atomic_write_json
 from lmforge.progress import console
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "chat_template.jinja")
-
 
 def compress_model(source: Path, out: Path, ccfg: CompressConfig, data_dir: Path | None,
                    tasks: list[str], tokenizer: Path | None = None) -> dict[str, Any]:
@@ -131,6 +128,7 @@ def calibration_set(ccfg: CompressConfig, tokenizer_dir: Path, data_dir: Path | 
 
 def save_compressed(model: torch.nn.Module, model_dir: Path, tokenizer_dir: Path,
                     ccfg: CompressConfig) -> None:
+    from lmforge.export.hf import TOKENIZER_FILES
     from lmforge.model.files import save_model_dir, save_quantized_dir
 
     if ccfg.quantizes:

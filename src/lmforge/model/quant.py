@@ -268,17 +268,17 @@ def apply_layout(model: nn.Module, spec: dict[str, dict[str, Any]]) -> None:
         new = QuantLinear(entry["kind"], old.in_features, old.out_features,
                           entry.get("group_size", 0), entry["bias"], entry["input_scale"],
                           device=device)
-        _replace(model, name, new)
+        replace_module(model, name, new)
     for name, entry in spec.items():
         if "embedding" not in entry:
             continue
         if entry["embedding"] == "lm_head":
-            _replace(model, name, QuantEmbedding(model.get_submodule("lm_head"), owned=False))
+            replace_module(model, name, QuantEmbedding(model.get_submodule("lm_head"), owned=False))
         else:
             old = model.get_submodule(name)
             table = QuantLinear(entry["kind"], old.embedding_dim, old.num_embeddings,
                                 entry.get("group_size", 0), False, False)
-            _replace(model, name, QuantEmbedding(table, owned=True))
+            replace_module(model, name, QuantEmbedding(table, owned=True))
 
 
 def dequantize(model: nn.Module) -> int:
@@ -291,7 +291,7 @@ def dequantize(model: nn.Module) -> int:
             embedding = nn.Embedding(table.out_features, table.in_features,
                                      device=table.qweight.device)
             embedding.weight.data.copy_(table.dequantized())
-            _replace(model, name, embedding)
+            replace_module(model, name, embedding)
     linears = [(n, m) for n, m in model.named_modules() if isinstance(m, QuantLinear)]
     for name, module in linears:
         linear = nn.Linear(module.in_features, module.out_features,
@@ -299,13 +299,13 @@ def dequantize(model: nn.Module) -> int:
         linear.weight.data.copy_(module.dequantized())
         if module.bias is not None:
             linear.bias.data.copy_(module.bias)
-        _replace(model, name, linear)
+        replace_module(model, name, linear)
     for name, module in embeddings:
         if "table" not in module._modules:  # tied: share the now float head's weight again
             embedding = nn.Embedding(module.table.out_features, module.table.in_features,
                                      device=module.table.qweight.device)
             embedding.weight = model.get_submodule("lm_head").weight
-            _replace(model, name, embedding)
+            replace_module(model, name, embedding)
     return len(embeddings) + len(linears)
 
 
@@ -346,6 +346,6 @@ def fused_quantized(modules: tuple[QuantLinear, ...]) -> QuantLinear:
     return cached[1]
 
 
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     parent, _, leaf = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, leaf, new)
