@@ -207,3 +207,9 @@ def test_mistakes_are_one_line_errors(run, tmp_path, capsys):
     assert main(["compress", str(lone), "-o", str(tmp_path / "w"), "--method", "wanda",
                  "--perplexity"]) == 2
     assert "--calibration-data FILE" in capsys.readouterr().err
+    assert main(["compress", str(run), "-o", str(tmp_path / "s"), "--method", "magnitude",
+                 "--sparsity", "1.5", "--perplexity"]) == 2
+    assert "compress.sparsity: Input should be less than 1" in capsys.readouterr().err
+    assert main(["compress", str(run), "-o", str(tmp_path / "c"), "--method", "wanda",
+                 "--calibration-data", str(tmp_path / "nope.txt"), "--perplexity"]) == 2
+    assert "calibration data" in capsys.readouterr().err

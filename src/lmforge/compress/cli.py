@@ -52,8 +52,14 @@ def _compress(args: argparse.Namespace, overrides: list[str]) -> int:
               "calibration": args.calibration, "calibration_data": args.calibration_data,
               "sparsity": args.sparsity, "tasks": args.tasks, "perplexity": args.perplexity,
               "max_ppl_increase": args.max_ppl_increase}
-    ccfg = CompressConfig.model_validate(
-        ccfg.model_dump() | {k: v for k, v in chosen.items() if v is not None})
+    try:
+        ccfg = CompressConfig.model_validate(
+            ccfg.model_dump() | {k: v for k, v in chosen.items() if v is not None})
+    except ValueError as e:  # pydantic's ValidationError: first problem, one line
+        problem = e.errors()[0] if hasattr(e, "errors") else {"loc": (), "msg": str(e)}
+        where = ".".join(str(x) for x in problem["loc"])
+        raise UserError(f"compress.{where}: {problem['msg']}; see lmforge compress --help"
+                        ) from None
     source = local_path(args.model)
     if not source.exists():
         raise UserError(f"{source} does not exist; pass a run dir, checkpoint, model dir or "

@@ -119,6 +119,9 @@ def calibration_set(ccfg: CompressConfig, tokenizer_dir: Path, data_dir: Path | 
         path = data_dir / spec
     else:
         path = Path(spec)
+    if not path.exists():
+        raise UserError(f"calibration data {path} not found; pass a .txt/.jsonl file or a "
+                        "split of the run (train, val)")
     codec = load_tokenizer(tokenizer_dir)
     seq_len = min(ccfg.calibration_seq_len, cfg.max_seq_len)
     windows = calibration_windows(read_calibration_texts(path), codec.encode, seq_len,
